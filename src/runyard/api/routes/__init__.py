@@ -1,0 +1,10 @@
+"""One router per resource family; ``api_router`` mounts them all under ``/api/v1``."""
+
+from fastapi import APIRouter
+
+from runyard.api.routes import auth, credentials, teams
+
+api_router = APIRouter(prefix="/api/v1")
+api_router.include_router(auth.router)
+api_router.include_router(teams.router)
+api_router.include_router(credentials.router)

@@ -1,0 +1,229 @@
+"""Request and response bodies. Field names follow the Cyberun API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, EmailStr, Field, StringConstraints
+
+from runyard.domain.credentials import CredentialKind
+from runyard.domain.roles import Role
+from runyard.store.repos import Page
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+AssignableRole = Literal["admin", "member", "viewer"]
+
+
+class PageMeta(BaseModel):
+    current_page: int
+    per_page: int
+    total_count: int
+
+    @classmethod
+    def of(cls, page: Page, total: int) -> PageMeta:
+        return cls(current_page=page.current_page, per_page=page.per_page, total_count=total)
+
+
+class IdResponse(BaseModel):
+    id: str
+
+
+class SuccessResponse(BaseModel):
+    is_success: bool = True
+
+
+# -- auth --------------------------------------------------------------------------------------
+
+
+class RegisterRequest(BaseModel):
+    email_address: EmailStr = Field(max_length=320)
+    user_password: Password
+    first_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] = ""
+    last_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] = ""
+    display_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    invitation_token: Token | None = None
+
+
+class LoginRequest(BaseModel):
+    email_address: Annotated[str, StringConstraints(max_length=320)]
+    user_password: Annotated[str, StringConstraints(max_length=256)]
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: Token
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+# -- users and teams ---------------------------------------------------------------------------
+
+
+class TeamRef(BaseModel):
+    id: str
+    display_name: str
+    member_role: Role
+
+
+class FeatureFlags(BaseModel):
+    global_: dict[str, Any] = Field(serialization_alias="global")
+    account: dict[str, Any]
+    teams: dict[str, Any]
+
+
+class UserProfile(BaseModel):
+    id: str
+    first_name: str
+    last_name: str
+    display_name: str
+    email_address: str
+    created_at: datetime
+    team_list: list[TeamRef]
+    feature_flags: FeatureFlags
+
+
+class TeamCreateRequest(BaseModel):
+    display_name: Name
+
+
+class TeamUpdateRequest(BaseModel):
+    display_name: Name
+
+
+class TeamItem(BaseModel):
+    id: str
+    display_name: str
+    owner_id: str
+    member_role: Role
+    created_at: datetime
+    updated_at: datetime
+
+
+class TeamDetail(TeamItem):
+    member_count: int
+
+
+class TeamListResponse(BaseModel):
+    team_list: list[TeamItem]
+    page_meta: PageMeta
+
+
+class TransferRequest(BaseModel):
+    new_owner_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F-]{36}$")]
+
+
+class MemberItem(BaseModel):
+    user_id: str
+    email_address: str
+    display_name: str
+    member_role: Role
+    joined_at: datetime
+
+
+class MemberListResponse(BaseModel):
+    member_list: list[MemberItem]
+    page_meta: PageMeta
+
+
+class RoleUpdateRequest(BaseModel):
+    member_role: AssignableRole = Field(validation_alias=AliasChoices("member_role", "role"))
+
+
+# -- invitations -------------------------------------------------------------------------------
+
+
+class InvitationCreateRequest(BaseModel):
+    email_address: EmailStr = Field(max_length=320)
+    invitation_role: AssignableRole
+
+
+class InvitationCreated(BaseModel):
+    id: str
+    invitation_token: str | None = None
+
+
+class InvitationItem(BaseModel):
+    id: str
+    email_address: str
+    invitation_role: Role
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationListResponse(BaseModel):
+    invitation_list: list[InvitationItem]
+    page_meta: PageMeta
+
+
+class InvitationAcceptRequest(BaseModel):
+    invitation_token: Token
+
+
+class InvitationAccepted(BaseModel):
+    team_id: str
+    member_role: Role
+
+
+# -- credentials and pairing -------------------------------------------------------------------
+
+
+class CredentialCreateRequest(BaseModel):
+    kind: CredentialKind
+    display_name: Name
+    expires_in_days: Annotated[int, Field(ge=1, le=365)] | None = None
+
+
+class CredentialCreated(BaseModel):
+    id: str
+    kind: CredentialKind
+    key_prefix: str
+    raw_key: str
+    expires_at: datetime | None = None
+
+
+class CredentialItem(BaseModel):
+    id: str
+    kind: CredentialKind
+    display_name: str
+    key_prefix: str
+    user_id: str | None
+    key_status: Literal["active", "revoked", "expired"]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+
+
+class CredentialListResponse(BaseModel):
+    credentials: list[CredentialItem]
+    page_meta: PageMeta
+
+
+class PairStartResponse(BaseModel):
+    device_code: str
+    user_code: str
+    verification_uri: str
+    expires_in: int
+    interval: int
+
+
+class PairPollRequest(BaseModel):
+    device_code: Token
+
+
+class PairPollResponse(BaseModel):
+    status: Literal["pending", "approved"]
+    raw_key: str | None = None
+    agent_key: str | None = None
+
+
+class PairConfirmRequest(BaseModel):
+    user_code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    device_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = (
+        None
+    )

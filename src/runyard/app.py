@@ -1,0 +1,114 @@
+"""The server application: wires settings, database, services and routers together."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runyard import __version__
+from runyard.api.errors import error_response, install_error_handlers
+from runyard.api.routes import api_router
+from runyard.config import Settings
+from runyard.logging import get_logger
+from runyard.services.context import ServiceContext, build_context
+from runyard.store import migrate
+from runyard.store.db import Database
+
+log = get_logger("runyard.server")
+
+
+class RequestLogMiddleware:
+    """One log line per HTTP request: method, path, status, duration. No headers, no query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+
+async def start_services(settings: Settings, db: Database) -> ServiceContext:
+    if settings.database.auto_migrate:
+        await migrate.upgrade(db)
+    return await build_context(db, settings)
+
+
+def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI:
+    """Build the app. Pass ``ctx`` to reuse an existing database (tests); else one is opened."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ctx is not None:
+            app.state.ctx = ctx
+            yield
+            return
+        db = Database(settings.database_url(), settings.database)
+        try:
+            app.state.ctx = await start_services(settings, db)
+            log.info("server_started", database=db.dialect, version=__version__)
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="Runyard",
+        version=__version__,
+        summary="Run ComfyUI workflows on GPU machines you own.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    if ctx is not None:
+        app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(api_router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], response_model=None)
+    async def readyz() -> Any:
+        """Readiness: the database answers and its schema is current."""
+        service_ctx: ServiceContext = app.state.ctx
+        try:
+            await service_ctx.db.ping()
+            current = await migrate.current_revision(service_ctx.db)
+        except Exception as exc:
+            log.warning("not_ready", error=type(exc).__name__)
+            return error_response(503, "database unavailable")
+        if current != migrate.head_revision():
+            return error_response(503, "database schema is not up to date; run migrations")
+        return JSONResponse({"status": "ready", "database": service_ctx.db.dialect})
+
+    app.add_middleware(RequestLogMiddleware)
+    return app

@@ -1,0 +1,114 @@
+"""Settings for every Runyard process.
+
+Each section is its own pydantic-settings class with the env prefix ``RUNYARD_<SECTION>_``,
+so ``RUNYARD_DATABASE_URL`` sets ``settings.database.url`` and ``RUNYARD_LOGGER_FORMAT`` sets
+``settings.logger.format``. Nothing needs configuring on one machine: the data directory
+(``RUNYARD_DATA_DIR``, default ``./runyard-data``) holds the SQLite database and local files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=False)
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _section("RUNYARD_DATABASE_")
+
+    #: ``sqlite:///path/file.db`` or ``postgresql://user@host:port/db``; empty means
+    #: ``<data_dir>/runyard.db``. The async driver is chosen by the server.
+    url: str = ""
+    #: Apply pending migrations when the server starts (under a lock on PostgreSQL).
+    auto_migrate: bool = True
+    #: SQLite ``synchronous`` pragma. FULL fsyncs the WAL on every commit so an accepted task
+    #: survives a power cut; NORMAL is faster and still survives a process crash.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: How long a SQLite writer waits for the lock before failing, in milliseconds.
+    sqlite_busy_timeout_ms: int = 5000
+    pool_size: int = 10
+    echo: bool = False
+
+
+class LoggerSettings(BaseSettings):
+    model_config = _section("RUNYARD_LOGGER_")
+
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    #: ``auto`` picks text on a terminal and JSON otherwise.
+    format: Literal["auto", "text", "json"] = "auto"
+
+
+class ServerSettings(BaseSettings):
+    model_config = _section("RUNYARD_SERVER_")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Address users and agents reach this server at (used in links it hands out).
+    #: Empty means ``http://<host>:<port>``.
+    public_url: str = ""
+    #: Signs session tokens and links. Empty means: generate one on first start and keep it
+    #: in the database, so every replica sharing the database shares the secret.
+    secret_key: SecretStr = SecretStr("")
+
+
+class AuthSettings(BaseSettings):
+    model_config = _section("RUNYARD_AUTH_")
+
+    #: Self-service sign-up (``POST /auth/register``). Invited users can always register.
+    registration: bool = True
+    #: Registration also creates a personal team owned by the new user.
+    auto_team: bool = True
+    access_token_ttl_seconds: int = Field(default=3600, ge=60)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=300)
+    invitation_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=300)
+    pairing_ttl_seconds: int = Field(default=300, ge=30)
+    #: argon2id cost. The defaults follow argon2-cffi; tests lower them to stay fast.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_cost_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+
+class EmailSettings(BaseSettings):
+    model_config = _section("RUNYARD_EMAIL_")
+
+    #: Runyard sends no email yet; with this off, invitation tokens are returned to the admin.
+    enabled: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNYARD_", extra="ignore")
+
+    data_dir: Path = Path("runyard-data")
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    logger: LoggerSettings = Field(default_factory=LoggerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
+
+    def database_url(self) -> str:
+        """The configured database URL, defaulting to SQLite in the data directory."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'runyard.db').resolve()}"
+
+    def public_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        host = self.server.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.server.port}"
+
+
+def load_settings(data_dir: Path | None = None) -> Settings:
+    """Read settings from the environment; a ``--data-dir`` flag wins over ``RUNYARD_DATA_DIR``."""
+    settings = Settings()
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    return settings

@@ -1,0 +1,1 @@
+"""Pure rules of Runyard: no I/O, no framework imports."""

@@ -1,0 +1,40 @@
+"""Errors that carry a user-facing message and the HTTP status they map to."""
+
+from __future__ import annotations
+
+
+class RunyardError(Exception):
+    """Base of every error meant for the caller. ``message`` goes into ``error_message``."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RunyardError):
+    status_code = 400
+
+
+class Unauthorized(RunyardError):
+    status_code = 401
+
+
+class Forbidden(RunyardError):
+    status_code = 403
+
+
+class NotFound(RunyardError):
+    status_code = 404
+
+    def __init__(self, message: str = "resource not found") -> None:
+        super().__init__(message)
+
+
+class Conflict(RunyardError):
+    status_code = 409
+
+
+class Gone(RunyardError):
+    status_code = 410

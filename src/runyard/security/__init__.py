@@ -1,0 +1,1 @@
+"""Password hashing and session tokens. Pure computation, no storage."""

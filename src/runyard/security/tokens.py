@@ -1,0 +1,67 @@
+"""Session tokens: short-lived access JWTs and rotating refresh JWTs (HS256)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import jwt
+
+from runyard.domain.errors import Unauthorized
+
+TokenType = Literal["access", "refresh"]
+_ALGORITHM = "HS256"
+_ISSUER = "runyard"
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: str
+    token_type: TokenType
+    token_id: str
+    expires_at: datetime
+
+
+class TokenSigner:
+    def __init__(self, secret: str) -> None:
+        if len(secret) < 32:
+            raise ValueError("the signing secret must be at least 32 characters")
+        self._secret = secret
+
+    def issue(
+        self, user_id: str, token_type: TokenType, token_id: str, now: datetime, ttl: int
+    ) -> str:
+        payload = {
+            "iss": _ISSUER,
+            "sub": user_id,
+            "typ": token_type,
+            "jti": token_id,
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=ttl)).timestamp()),
+        }
+        return jwt.encode(payload, self._secret, algorithm=_ALGORITHM)
+
+    def verify(self, token: str, expected: TokenType) -> TokenClaims:
+        """Decode and check a token. Every failure is the same 401, with a short reason."""
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                issuer=_ISSUER,
+                options={"require": ["exp", "iat", "sub", "jti", "typ"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized(f"{expected} token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid {expected} token") from exc
+        if payload.get("typ") != expected:
+            raise Unauthorized(f"invalid {expected} token")
+
+        return TokenClaims(
+            user_id=str(payload["sub"]),
+            token_type=expected,
+            token_id=str(payload["jti"]),
+            expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+        )

@@ -1,0 +1,153 @@
+"""Who is calling, and what they may do in which team.
+
+The rules (docs/api.md, "Authentication"):
+
+* ``X-Team-ID`` is read only for session JWTs; ``sk-`` and ``dk-`` carry their team.
+* ``ak-`` is refused by every REST route (it is for the agent gateway).
+* Management routes take a JWT or ``dk-``; runtime routes (``/r/``) also take ``sk-``;
+  credential routes take a JWT only; per-user routes take a JWT or ``dk-``.
+* A role is looked up on every request, so role changes and removals apply at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from runyard.domain.credentials import CredentialKind, hash_secret, kind_of
+from runyard.domain.errors import BadRequest, Forbidden, Unauthorized
+from runyard.domain.ids import parse_id
+from runyard.domain.roles import Permission, Role, allows
+from runyard.services.context import ServiceContext
+from runyard.store.repos import Repos
+
+#: ``last_used_at`` is written at most this often per credential, to spare the database.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+class CallerKind(StrEnum):
+    SESSION = "session"
+    INTEGRATION = "integration"
+    DEVICE = "device"
+
+
+class Surface(StrEnum):
+    #: Team resources: JWT + X-Team-ID, or dk-.
+    MANAGEMENT = "management"
+    #: ``/r/`` routes: JWT + X-Team-ID, sk- or dk-.
+    RUNTIME = "runtime"
+    #: Credential management and pairing confirmation: JWT + X-Team-ID only.
+    SESSION_ONLY = "session_only"
+
+
+@dataclass(frozen=True)
+class Caller:
+    kind: CallerKind
+    user_id: str | None
+    #: The team a credential is bound to (``None`` for sessions).
+    team_id: str | None = None
+    credential_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TeamScope:
+    caller: Caller
+    team_id: str
+    #: The caller's role; ``None`` for integration keys, which sit outside the role hierarchy.
+    role: Role | None
+
+    def can(self, permission: Permission) -> bool:
+        if self.role is None:
+            return permission in (Permission.READ, Permission.RUN)
+        return allows(self.role, permission)
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            raise Forbidden(f"your role in this team does not allow this ({permission.value})")
+
+    @property
+    def user_id(self) -> str | None:
+        return self.caller.user_id
+
+
+async def authenticate(ctx: ServiceContext, token: str) -> Caller:
+    """Resolve a bearer token to a caller, or raise 401/403."""
+    if not token:
+        raise Unauthorized("missing bearer token")
+    kind = kind_of(token)
+    if kind is None:
+        claims = ctx.signer.verify(token, "access")
+        async with ctx.db.read() as session:
+            user = await Repos(session).user_by_id(claims.user_id)
+        if user is None or not user.is_active:
+            raise Unauthorized("invalid access token")
+        return Caller(CallerKind.SESSION, user.id)
+
+    now = ctx.now()
+    async with ctx.db.read() as session:
+        row = await Repos(session).credential_by_hash(hash_secret(token))
+    # The lookup is by hash, so a wrong key never gets compared character by character.
+    if row is None or row.kind != kind.value:
+        raise Unauthorized("invalid credential")
+    if row.revoked_at is not None:
+        raise Unauthorized("credential revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthorized("credential expired")
+    if kind is CredentialKind.AGENT:
+        raise Forbidden("agent keys (ak-) are accepted only by the agent gateway")
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        async with ctx.db.write() as session:
+            await Repos(session).touch_credential(row.id, now)
+    caller_kind = (
+        CallerKind.INTEGRATION if kind is CredentialKind.INTEGRATION else CallerKind.DEVICE
+    )
+    return Caller(caller_kind, row.user_id, row.team_id, row.id)
+
+
+def require_user(caller: Caller) -> str:
+    """Per-user routes: a session or a device credential, never an integration key."""
+    if caller.kind is CallerKind.INTEGRATION or caller.user_id is None:
+        raise Forbidden("this endpoint needs a user session or a device credential (dk-)")
+    return caller.user_id
+
+
+def require_session(caller: Caller) -> str:
+    if caller.kind is not CallerKind.SESSION or caller.user_id is None:
+        raise Forbidden("this endpoint accepts only a user session (JWT)")
+    return caller.user_id
+
+
+async def team_scope(
+    ctx: ServiceContext, caller: Caller, x_team_id: str | None, surface: Surface
+) -> TeamScope:
+    """The team a request acts on and the caller's role there."""
+    if caller.kind is CallerKind.INTEGRATION:
+        if surface is not Surface.RUNTIME:
+            raise Forbidden(
+                "integration keys (sk-) are accepted only by runtime routes (/r/) and MCP"
+            )
+        assert caller.team_id is not None
+        return TeamScope(caller, caller.team_id, None)
+    if caller.kind is CallerKind.DEVICE and surface is Surface.SESSION_ONLY:
+        raise Forbidden("device credentials (dk-) cannot use this endpoint; sign in instead")
+
+    if caller.kind is CallerKind.SESSION:
+        if not x_team_id:
+            raise BadRequest("X-Team-ID header is required with a user session")
+        team_id = parse_id(x_team_id)
+        if team_id is None:
+            raise BadRequest("X-Team-ID must be a team UUID")
+        not_member = "you are not a member of this team"
+    else:
+        assert caller.team_id is not None
+        team_id = caller.team_id
+        not_member = "the device's user is no longer a member of its team"
+
+    assert caller.user_id is not None
+    async with ctx.db.read() as session:
+        membership = await Repos(session).membership(team_id, caller.user_id)
+    if membership is None:
+        # Same answer whether the team exists or not: nothing leaks.
+        raise Forbidden(not_member)
+    return TeamScope(caller, team_id, Role(membership.member_role))

@@ -1,0 +1,48 @@
+"""What every service needs: the database, settings, hashing, token signing and a clock."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from runyard.config import Settings
+from runyard.security.passwords import Passwords
+from runyard.security.tokens import TokenSigner
+from runyard.store.db import Database
+from runyard.store.repos import Repos
+from runyard.store.types import utcnow
+
+SECRET_SETTING = "server_secret_key"
+
+
+@dataclass
+class ServiceContext:
+    db: Database
+    settings: Settings
+    passwords: Passwords
+    signer: TokenSigner
+    now: Callable[[], datetime] = field(default=utcnow)
+
+
+async def load_secret(db: Database, settings: Settings) -> str:
+    """The configured secret, or the one kept in the database (created on first start)."""
+    configured = settings.server.secret_key.get_secret_value()
+    if configured:
+        return configured
+    async with db.write() as session:
+        return await Repos(session).put_setting_if_absent(SECRET_SETTING, secrets.token_urlsafe(48))
+
+
+async def build_context(
+    db: Database, settings: Settings, now: Callable[[], datetime] = utcnow
+) -> ServiceContext:
+    secret = await load_secret(db, settings)
+    return ServiceContext(
+        db=db,
+        settings=settings,
+        passwords=Passwords(settings.auth),
+        signer=TokenSigner(secret),
+        now=now,
+    )

@@ -1,0 +1,290 @@
+"""Integration, agent and device credentials; desktop pairing; first-run bootstrap."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from runyard.domain.credentials import CredentialKind, generate_secret, hash_secret, key_prefix
+from runyard.domain.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
+from runyard.domain.ids import new_id
+from runyard.domain.roles import Permission, Role
+from runyard.services.accounts import create_team_in, normalise_email, register
+from runyard.services.auth import Caller, CallerKind, TeamScope
+from runyard.services.context import ServiceContext
+from runyard.store.repos import Page, Repos
+from runyard.store.tables import Credential, DevicePairing
+
+#: Unambiguous characters for user codes (no 0/O, 1/I/L).
+USER_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+PAIR_POLL_INTERVAL = 2
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    row: Credential
+    raw_key: str
+
+
+def key_status(row: Credential, now: datetime) -> Literal["active", "revoked", "expired"]:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+async def _mint(
+    repos: Repos,
+    *,
+    team_id: str,
+    user_id: str | None,
+    kind: CredentialKind,
+    display_name: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+    companion_of: str | None = None,
+) -> IssuedCredential:
+    raw = generate_secret(kind)
+    row = Credential(
+        id=new_id(),
+        team_id=team_id,
+        user_id=user_id,
+        kind=kind,
+        display_name=display_name,
+        key_prefix=key_prefix(raw),
+        key_hash=hash_secret(raw),
+        companion_of=companion_of,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    await repos.add(row)
+    return IssuedCredential(row, raw)
+
+
+async def create_credential(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    kind: CredentialKind,
+    display_name: str,
+    expires_in_days: int | None,
+) -> IssuedCredential:
+    scope.require(Permission.MANAGE_CREDENTIALS)
+    if kind is CredentialKind.DEVICE:
+        raise BadRequest("device credentials come only from desktop pairing (/desktop/pair)")
+    now = ctx.now()
+    expires_at = now + timedelta(days=expires_in_days) if expires_in_days else None
+    async with ctx.db.write() as session:
+        return await _mint(
+            Repos(session),
+            team_id=scope.team_id,
+            user_id=scope.user_id,
+            kind=kind,
+            display_name=display_name,
+            now=now,
+            expires_at=expires_at,
+        )
+
+
+async def list_credentials(
+    ctx: ServiceContext, scope: TeamScope, kind: CredentialKind | None, page: Page
+) -> tuple[Sequence[Credential], int]:
+    scope.require(Permission.MANAGE_CREDENTIALS)
+    async with ctx.db.read() as session:
+        return await Repos(session).credentials_of_team(
+            scope.team_id, kind.value if kind else None, page
+        )
+
+
+async def revoke_credential(ctx: ServiceContext, scope: TeamScope, credential_id: str) -> None:
+    """Revoke a key (and the agent key paired with a device key). Idempotent."""
+    scope.require(Permission.MANAGE_CREDENTIALS)
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        row = await repos.credential(scope.team_id, credential_id)
+        if row is None:
+            raise NotFound("credential not found")
+        companions = await repos.companions_of(row.id)
+        await repos.revoke_credentials([row.id, *companions], ctx.now())
+
+
+async def revoke_device(ctx: ServiceContext, caller: Caller) -> None:
+    """A device key revokes itself and its companion agent key."""
+    if caller.kind is not CallerKind.DEVICE or caller.credential_id is None:
+        raise Forbidden("only a device credential (dk-) can revoke itself here")
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        companions = await repos.companions_of(caller.credential_id)
+        await repos.revoke_credentials([caller.credential_id, *companions], ctx.now())
+
+
+# -- desktop pairing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairingStart:
+    device_code: str
+    user_code: str
+    verification_uri: str
+    expires_in: int
+    interval: int
+
+
+def normalise_user_code(value: str) -> str:
+    """Accept ``ab7k pnq3``, ``AB7K-PNQ3`` or ``ab7kpnq3`` alike."""
+    compact = "".join(ch for ch in value.upper() if ch.isalnum())
+    if len(compact) != 8:
+        return ""
+    return f"{compact[:4]}-{compact[4:]}"
+
+
+async def start_pairing(ctx: ServiceContext) -> PairingStart:
+    now = ctx.now()
+    ttl = ctx.settings.auth.pairing_ttl_seconds
+    device_code = secrets.token_urlsafe(32)
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        await repos.delete_expired_pairings(now)
+        while True:
+            raw = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(8))
+            user_code = f"{raw[:4]}-{raw[4:]}"
+            if await repos.pairing_by_user_code(user_code) is None:
+                break
+        await repos.add(
+            DevicePairing(
+                id=new_id(),
+                device_code_hash=hash_secret(device_code),
+                user_code=user_code,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+        )
+    return PairingStart(
+        device_code=device_code,
+        user_code=user_code,
+        verification_uri=f"{ctx.settings.public_url()}/desktop/pair?user_code={user_code}",
+        expires_in=ttl,
+        interval=PAIR_POLL_INTERVAL,
+    )
+
+
+async def confirm_pairing(
+    ctx: ServiceContext, scope: TeamScope, user_code: str, device_name: str | None
+) -> None:
+    scope.require(Permission.READ)
+    code = normalise_user_code(user_code)
+    now = ctx.now()
+    async with ctx.db.write() as session:
+        pairing = await Repos(session).pairing_by_user_code(code) if code else None
+        if pairing is None or pairing.expires_at <= now:
+            raise NotFound("pairing code not found or expired")
+        if pairing.approved_at is not None:
+            raise Conflict("this pairing code was already confirmed")
+        pairing.approved_at = now
+        pairing.user_id = scope.user_id
+        pairing.team_id = scope.team_id
+        pairing.device_name = device_name or f"Desktop (paired {now:%Y-%m-%d})"
+
+
+@dataclass(frozen=True)
+class PairingPoll:
+    status: str
+    raw_key: str | None = None
+    agent_key: str | None = None
+
+
+async def poll_pairing(ctx: ServiceContext, device_code: str) -> PairingPoll:
+    """Pending until confirmed; then mints the keys, returns them once and forgets the pairing.
+
+    Keys are minted here, not at confirmation, so no raw secret ever rests in the database.
+    """
+    now = ctx.now()
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        pairing = await repos.pairing_by_device_hash(hash_secret(device_code))
+        if pairing is None:
+            raise NotFound("pairing not found")
+        if pairing.approved_at is None:
+            if pairing.expires_at <= now:
+                await repos.delete_pairing(pairing.id)
+                raise Gone("pairing expired; start again")
+            return PairingPoll(status="pending")
+        if not await repos.delete_pairing(pairing.id):
+            raise NotFound("pairing not found")
+        assert pairing.team_id is not None and pairing.user_id is not None
+        membership = await repos.membership(pairing.team_id, pairing.user_id)
+        if membership is None:
+            raise NotFound("pairing not found")
+        name = pairing.device_name or "Desktop"
+        device = await _mint(
+            repos,
+            team_id=pairing.team_id,
+            user_id=pairing.user_id,
+            kind=CredentialKind.DEVICE,
+            display_name=name,
+            now=now,
+        )
+        agent_key = None
+        # The companion agent key lets the device serve work; viewers do no work.
+        if Role(membership.member_role).rank >= Role.MEMBER.rank:
+            agent = await _mint(
+                repos,
+                team_id=pairing.team_id,
+                user_id=pairing.user_id,
+                kind=CredentialKind.AGENT,
+                display_name=f"{name} (agent)"[:100],
+                now=now,
+                companion_of=device.row.id,
+            )
+            agent_key = agent.raw_key
+        return PairingPoll(status="approved", raw_key=device.raw_key, agent_key=agent_key)
+
+
+# -- bootstrap -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    user_id: str
+    team_id: str
+    api_key: str
+    created_user: bool
+    created_team: bool
+
+
+async def bootstrap(ctx: ServiceContext, email: str, password: str, team_name: str) -> Bootstrap:
+    """Make ``email`` the owner of a team called ``team_name`` and mint an ``sk-`` key.
+
+    Runs again safely: an existing user (same password) and their team of that name are reused.
+    """
+    email = normalise_email(email)
+    async with ctx.db.read() as session:
+        user = await Repos(session).user_by_email(email)
+    created_user = user is None
+    if user is None:
+        user = await register(
+            ctx, email=email, password=password, personal_team=False, by_operator=True
+        )
+    elif not ctx.passwords.verify(user.password_hash, password):
+        raise Forbidden(f"{email} already exists with a different password")
+    now = ctx.now()
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        owned = [
+            team
+            for team, member in (await repos.teams_of_user(user.id))[0]
+            if member.member_role == Role.OWNER and team.display_name == team_name
+        ]
+        team = owned[0] if owned else await create_team_in(repos, user, team_name, now)
+        issued = await _mint(
+            repos,
+            team_id=team.id,
+            user_id=user.id,
+            kind=CredentialKind.INTEGRATION,
+            display_name="bootstrap",
+            now=now,
+        )
+    return Bootstrap(user.id, team.id, issued.raw_key, created_user, not owned)

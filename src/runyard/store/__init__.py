@@ -1,0 +1,1 @@
+"""Persistence: the only package that writes SQL. Runs on SQLite and PostgreSQL alike."""

@@ -1,0 +1,111 @@
+"""Engine and transactions for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Reads use ``Database.read()``; anything that writes uses ``Database.write()``. On SQLite a
+write transaction starts with ``BEGIN IMMEDIATE`` so it takes the write lock up front: a
+deferred transaction that reads and then writes can otherwise fail with ``SQLITE_BUSY`` when
+another writer got there first, and ``busy_timeout`` cannot help with that case.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from runyard.config import DatabaseSettings
+
+_write_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_write", default=False)
+
+
+def async_url(url: str) -> URL:
+    """Map a user-facing URL (``sqlite:///…``, ``postgresql://…``) to its async driver."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(
+        f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql"
+    )
+
+
+class Database:
+    def __init__(self, url: str, settings: DatabaseSettings | None = None) -> None:
+        self.settings = settings or DatabaseSettings()
+        self.url = async_url(url)
+        self.dialect = self.url.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": self.settings.echo}
+        if self.dialect == "sqlite":
+            database = self.url.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs.update(pool_size=self.settings.pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            self._tune_sqlite()
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def _tune_sqlite(self) -> None:
+        synchronous = self.settings.sqlite_synchronous
+        busy_timeout = int(self.settings.sqlite_busy_timeout_ms)
+
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let us emit BEGIN ourselves (see module docstring).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            # WAL: readers never block the writer and vice versa.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: fsync the WAL at each commit, so an acknowledged write survives power loss.
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            # SQLite ignores foreign keys unless asked, per connection.
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # Wait for a competing writer instead of failing at once.
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout}")
+            cursor.close()
+
+        @event.listens_for(self.engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if _write_mode.get() else "BEGIN")
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; rolled back at the end."""
+        async with self._sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A short write transaction: committed on success, rolled back on any error."""
+        token = _write_mode.set(True)
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        finally:
+            _write_mode.reset(token)
+
+    async def ping(self) -> None:
+        from sqlalchemy import text
+
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,169 @@
+"""Fixtures shared by every test tier.
+
+Every test that touches storage runs twice: on SQLite and on PostgreSQL (``db_url`` is
+parametrised). PostgreSQL comes from ``RUNYARD_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``); when it is unreachable its tests are skipped
+with a message, except under ``CI=true``, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from runyard.config import Settings
+from runyard.services.context import ServiceContext, build_context
+from runyard.store import migrate
+from runyard.store.db import Database
+from runyard.store.tables import Base
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def postgres_admin_url() -> str:
+    return os.environ.get("RUNYARD_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def _pg_execute(url: str, *statements: str) -> None:
+    db = Database(url)
+    try:
+        async with db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of a reachable PostgreSQL, or skip (fail under CI=true)."""
+    url = postgres_admin_url()
+    try:
+        asyncio.run(_pg_execute(url, "SELECT 1"))
+    except Exception as exc:
+        message = f"PostgreSQL not reachable at {url} ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; CI=true requires it")
+        pytest.skip(message + "; set RUNYARD_TEST_POSTGRES_URL to run these tests")
+    return url
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_server: str) -> Iterator[str]:
+    """A database of this test session, migrated once; tests empty it between runs."""
+    name = f"runyard_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_execute(postgres_server, f'CREATE DATABASE "{name}"'))
+    url = _with_database(postgres_server, name)
+
+    async def setup() -> None:
+        db = Database(url)
+        try:
+            await migrate.upgrade(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(setup())
+    yield url
+    asyncio.run(_pg_execute(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+
+    async def setup() -> None:
+        db = Database(f"sqlite:///{path}")
+        try:
+            await migrate.upgrade(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(setup())
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database for this test."""
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("migrated_sqlite")
+        target = tmp_path / "runyard.db"
+        shutil.copyfile(template, target)
+        return f"sqlite:///{target}"
+    url: str = request.getfixturevalue("migrated_postgres")
+    tables = ", ".join(
+        f'"{t.name}"' for t in reversed(Base.metadata.sorted_tables) if t.name != "alembic_version"
+    )
+    asyncio.run(_pg_execute(url, f"TRUNCATE {tables} CASCADE"))
+    return url
+
+
+def test_settings(tmp_path: Path, db_url: str) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.database.url = db_url
+    settings.database.auto_migrate = False
+    # Cheap password hashing keeps the suite fast; production uses argon2-cffi's defaults.
+    settings.auth.argon2_time_cost = 1
+    settings.auth.argon2_memory_cost_kib = 64
+    settings.auth.argon2_parallelism = 1
+    settings.server.public_url = "http://runyard.test"
+    return settings
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@dataclass
+class FakeClock:
+    """A clock tests can move forward; services read time only through ``ctx.now``."""
+
+    current: datetime
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return test_settings(tmp_path, db_url)
+
+
+@pytest.fixture
+async def ctx(settings: Settings, clock: FakeClock) -> AsyncIterator[ServiceContext]:
+    db = Database(settings.database_url(), settings.database)
+    try:
+        yield await build_context(db, settings, now=clock.now)
+    finally:
+        await db.dispose()
