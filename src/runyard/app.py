@@ -76,6 +76,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             yield
         finally:
             await db.dispose()
+            log.info("server_stopped")
 
     app = FastAPI(
         title="Runyard",

@@ -35,6 +35,9 @@ def describe_validation_error(exc: RequestValidationError) -> str:
         if kind == "missing" and not loc:
             parts.append("request body is required")
             continue
+        if not loc and kind in ("model_attributes_type", "dict_type"):
+            parts.append("request body must be a JSON object (Content-Type: application/json)")
+            continue
         message = str(error.get("msg", "invalid value"))
         if where in ("query", "path", "header"):
             where = ""

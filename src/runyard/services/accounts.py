@@ -29,7 +29,8 @@ def normalise_email(email: str) -> str:
 
 def default_display_name(first_name: str, last_name: str, email: str) -> str:
     name = f"{first_name} {last_name}".strip()
-    return name or email.split("@", 1)[0]
+    # Two 100-character names must still fit the 200-character column.
+    return (name or email.split("@", 1)[0])[:200].rstrip()
 
 
 async def register(

@@ -86,7 +86,14 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
 
     now = ctx.now()
     async with ctx.db.read() as session:
-        row = await Repos(session).credential_by_hash(hash_secret(token))
+        repos = Repos(session)
+        row = await repos.credential_by_hash(hash_secret(token))
+        # A device key acts as its user, so it stops working with the user's account.
+        device_user = (
+            await repos.user_by_id(row.user_id)
+            if row is not None and kind is CredentialKind.DEVICE and row.user_id
+            else None
+        )
     # The lookup is by hash, so a wrong key never gets compared character by character.
     if row is None or row.kind != kind.value:
         raise Unauthorized("invalid credential")
@@ -94,6 +101,8 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
         raise Unauthorized("credential revoked")
     if row.expires_at is not None and row.expires_at <= now:
         raise Unauthorized("credential expired")
+    if kind is CredentialKind.DEVICE and (device_user is None or not device_user.is_active):
+        raise Unauthorized("invalid credential")
     if kind is CredentialKind.AGENT:
         raise Forbidden("agent keys (ak-) are accepted only by the agent gateway")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:

@@ -207,40 +207,50 @@ async def poll_pairing(ctx: ServiceContext, device_code: str) -> PairingPoll:
         pairing = await repos.pairing_by_device_hash(hash_secret(device_code))
         if pairing is None:
             raise NotFound("pairing not found")
-        if pairing.approved_at is None:
-            if pairing.expires_at <= now:
-                await repos.delete_pairing(pairing.id)
-                raise Gone("pairing expired; start again")
+        # Both codes expire, confirmed or not. Gone is raised after the transaction:
+        # raising inside it would roll the delete back.
+        expired = pairing.expires_at <= now
+        if expired:
+            await repos.delete_pairing(pairing.id)
+        elif pairing.approved_at is None:
             return PairingPoll(status="pending")
-        if not await repos.delete_pairing(pairing.id):
-            raise NotFound("pairing not found")
-        assert pairing.team_id is not None and pairing.user_id is not None
-        membership = await repos.membership(pairing.team_id, pairing.user_id)
-        if membership is None:
-            raise NotFound("pairing not found")
-        name = pairing.device_name or "Desktop"
-        device = await _mint(
+        else:
+            return await _deliver(repos, pairing, now)
+    assert expired
+    raise Gone("pairing expired; start again")
+
+
+async def _deliver(repos: Repos, pairing: DevicePairing, now: datetime) -> PairingPoll:
+    """Forget a confirmed pairing and mint its device key (and companion agent key)."""
+    if not await repos.delete_pairing(pairing.id):
+        raise NotFound("pairing not found")
+    assert pairing.team_id is not None and pairing.user_id is not None
+    membership = await repos.membership(pairing.team_id, pairing.user_id)
+    if membership is None:
+        raise NotFound("pairing not found")
+    name = pairing.device_name or "Desktop"
+    device = await _mint(
+        repos,
+        team_id=pairing.team_id,
+        user_id=pairing.user_id,
+        kind=CredentialKind.DEVICE,
+        display_name=name,
+        now=now,
+    )
+    agent_key = None
+    # The companion agent key lets the device serve work; viewers do no work.
+    if Role(membership.member_role).rank >= Role.MEMBER.rank:
+        agent = await _mint(
             repos,
             team_id=pairing.team_id,
             user_id=pairing.user_id,
-            kind=CredentialKind.DEVICE,
-            display_name=name,
+            kind=CredentialKind.AGENT,
+            display_name=f"{name} (agent)"[:100],
             now=now,
+            companion_of=device.row.id,
         )
-        agent_key = None
-        # The companion agent key lets the device serve work; viewers do no work.
-        if Role(membership.member_role).rank >= Role.MEMBER.rank:
-            agent = await _mint(
-                repos,
-                team_id=pairing.team_id,
-                user_id=pairing.user_id,
-                kind=CredentialKind.AGENT,
-                display_name=f"{name} (agent)"[:100],
-                now=now,
-                companion_of=device.row.id,
-            )
-            agent_key = agent.raw_key
-        return PairingPoll(status="approved", raw_key=device.raw_key, agent_key=agent_key)
+        agent_key = agent.raw_key
+    return PairingPoll(status="approved", raw_key=device.raw_key, agent_key=agent_key)
 
 
 # -- bootstrap -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 from runyard.domain.credentials import hash_secret
@@ -13,13 +13,9 @@ from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services.accounts import create_team_in, normalise_email
 from runyard.services.auth import TeamScope
 from runyard.services.context import ServiceContext
+from runyard.services.tasks import cancel_team_tasks
 from runyard.store.repos import Page, Repos
 from runyard.store.tables import Invitation, Membership, Team, User
-
-#: Called inside the deleting transaction, before the team's rows go. Later subsystems
-#: (tasks, agents, tunnels) register here to cancel and close what the team still runs.
-TeamDeletionHook = Callable[[Repos, str], Awaitable[None]]
-team_deletion_hooks: list[TeamDeletionHook] = []
 
 
 async def create_team(ctx: ServiceContext, user_id: str, display_name: str) -> Team:
@@ -84,8 +80,8 @@ async def delete_team(ctx: ServiceContext, scope: TeamScope) -> None:
     scope.require(Permission.OWN_TEAM)
     async with ctx.db.write() as session:
         repos = Repos(session)
-        for hook in team_deletion_hooks:
-            await hook(repos, scope.team_id)
+        # Unfinished work is cancelled first (agents are told to abort), then everything goes.
+        await cancel_team_tasks(session, scope.team_id, ctx.now())
         await repos.revoke_team_credentials(scope.team_id, ctx.now())
         await repos.delete_team(scope.team_id)
 

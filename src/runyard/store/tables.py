@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -150,3 +153,123 @@ class DevicePairing(Base):
         ID, ForeignKey("teams.id", ondelete="CASCADE"), nullable=True
     )
     device_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class Workflow(Base):
+    """The live version of a workflow template."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (UniqueConstraint("team_id", "workflow_slug"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    team_id: Mapped[str] = mapped_column(ID, ForeignKey("teams.id", ondelete="CASCADE"))
+    workflow_slug: Mapped[str] = mapped_column(String(100))
+    display_name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    workflow_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    parameters: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    tool_type: Mapped[str] = mapped_column(String(20))
+    required_labels: Mapped[list[str]] = mapped_column(JSON)
+    task_timeout: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    preferred_gpu: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    min_vram_gb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    required_models: Mapped[list[str]] = mapped_column(JSON)
+    default_dispatch_target: Mapped[str] = mapped_column(String(20))
+    workflow_status: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkflowSnapshot(Base):
+    """Every saved version of a workflow, addressable as ``slug@version``."""
+
+    __tablename__ = "workflow_snapshots"
+    __table_args__ = (UniqueConstraint("workflow_id", "workflow_version"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(ID, ForeignKey("workflows.id", ondelete="CASCADE"))
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    snapshot_note: Mapped[str] = mapped_column(String(500), default="")
+    workflow_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    workflow_params: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    #: The other fields of the version (display_name, labels, timeout, …).
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Task(Base):
+    """One run of a workflow. Holds the rendered graph, so later edits never change it."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index(None, "team_id", "created_at"),
+        Index(None, "team_id", "task_status", "created_at"),
+        Index(None, "task_status", "priority", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    team_id: Mapped[str] = mapped_column(ID, ForeignKey("teams.id", ondelete="CASCADE"))
+    #: No foreign key: a task outlives the deletion of its workflow.
+    workflow_id: Mapped[str] = mapped_column(ID)
+    workflow_slug: Mapped[str] = mapped_column(String(100))
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    task_source: Mapped[str] = mapped_column(String(20))
+    submitted_by: Mapped[str | None] = mapped_column(ID, nullable=True)
+    credential_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    task_status: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    workflow_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tool_type: Mapped[str] = mapped_column(String(20))
+    dispatch_target: Mapped[str] = mapped_column(String(20))
+    target_pool: Mapped[str] = mapped_column(String(20))
+    submitter_region: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    required_labels: Mapped[list[str]] = mapped_column(JSON)
+    task_timeout: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Number of the current (or last) dispatch attempt; 0 before the first.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    task_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    agent_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    agent_labels: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    gateway_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    gpu_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    task_output: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Sequence number of the last event written for this task.
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TaskEvent(Base):
+    """The task's event log: every state change and (coalesced) progress tick, in order."""
+
+    __tablename__ = "task_events"
+
+    task_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(20))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(Base):
+    """A submission's ``Idempotency-Key``: same key and body → same task, for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+
+    team_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(ID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

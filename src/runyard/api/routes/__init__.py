@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from runyard.api.routes import auth, credentials, teams
+from runyard.api.routes import auth, credentials, runtime, teams, workflows
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(auth.router)
 api_router.include_router(teams.router)
 api_router.include_router(credentials.router)
+api_router.include_router(workflows.router)
+api_router.include_router(runtime.router)

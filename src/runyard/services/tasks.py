@@ -1,0 +1,227 @@
+"""Tasks: submission (with parameter checking and idempotency), listing, cancel, result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runyard.domain.errors import BadRequest, Conflict, NotFound
+from runyard.domain.ids import new_id
+from runyard.domain.roles import Permission
+from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
+from runyard.domain.workflows import WorkflowStatus, render, resolve_values
+from runyard.services import workflows
+from runyard.services.auth import CallerKind, TeamScope
+from runyard.services.context import ServiceContext
+from runyard.store.repos import Page
+from runyard.store.tables import IdempotencyKey, Task
+from runyard.store.work import WorkRepos
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+#: Called (inside the cancelling transaction) for a task that was queued or running, so the
+#: scheduler can tell its agent to abort.
+TaskCancelHook = Callable[[WorkRepos, Task], Awaitable[None]]
+task_cancel_hooks: list[TaskCancelHook] = []
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    parameters: Mapping[str, Any]
+    dispatch_target: DispatchTarget | None = None
+    target_pool: TargetPool = TargetPool.TEAM
+    submitter_region: str | None = None
+    tool_type: ToolType | None = None
+    priority: int = 0
+
+
+def input_file_prefix(team_id: str) -> str:
+    """Where a team's uploaded inputs live in object storage."""
+    return f"inputs/{team_id}/"
+
+
+def _request_hash(target: str, request: RunRequest) -> str:
+    body = {
+        "target": target,
+        "parameters": dict(request.parameters),
+        "dispatch_target": request.dispatch_target,
+        "target_pool": request.target_pool,
+        "submitter_region": request.submitter_region,
+        "tool_type": request.tool_type,
+        "priority": request.priority,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def submit(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    request: RunRequest,
+    *,
+    workflow_id: str | None = None,
+    ref: str | None = None,
+    idempotency_key: str | None = None,
+) -> str:
+    """Accept a run of a workflow; returns the task id. Nothing is stored unless all is valid."""
+    scope.require(Permission.RUN)
+    target = workflow_id or ref or ""
+    request_hash = _request_hash(target, request)
+    if idempotency_key is not None:
+        existing = await _idempotent_replay(ctx, scope.team_id, idempotency_key, request_hash)
+        if existing is not None:
+            return existing
+
+    wf = await workflows.resolve(ctx, scope, workflow_id=workflow_id, ref=ref)
+    spec = wf.spec
+    if spec.workflow_status is WorkflowStatus.DISABLED:
+        raise Conflict(f"workflow {spec.workflow_slug!r} is disabled")
+    if request.tool_type is not None and request.tool_type is not spec.tool_type:
+        raise BadRequest(
+            f"tool_type {request.tool_type.value!r} does not match the workflow's "
+            f"{spec.tool_type.value!r}"
+        )
+    prefix = input_file_prefix(scope.team_id)
+    resolved = resolve_values(
+        spec.parameters, request.parameters, is_team_file=lambda key: key.startswith(prefix)
+    )
+    rendered = render(spec.tool_type, spec.workflow_json, spec.parameters, resolved)
+
+    now = ctx.now()
+    caller = scope.caller
+    task = Task(
+        id=new_id(),
+        team_id=scope.team_id,
+        workflow_id=wf.id,
+        workflow_slug=spec.workflow_slug,
+        workflow_version=wf.version,
+        task_source=(
+            TaskSource.API_KEY if caller.kind is CallerKind.INTEGRATION else TaskSource.JWT
+        ).value,
+        submitted_by=caller.user_id,
+        credential_id=caller.credential_id,
+        task_status=TaskStatus.PENDING.value,
+        priority=request.priority,
+        parameters=resolved,
+        workflow_json=rendered,
+        tool_type=spec.tool_type.value,
+        dispatch_target=(request.dispatch_target or spec.default_dispatch_target).value,
+        target_pool=request.target_pool.value,
+        submitter_region=request.submitter_region,
+        required_labels=list(spec.required_labels),
+        task_timeout=spec.task_timeout,
+        max_retries=spec.max_retries,
+        retry_count=0,
+        attempt=0,
+        event_seq=0,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        async with ctx.db.write() as session:
+            repos = WorkRepos(session)
+            await repos.add(task)
+            await repos.add_event(
+                task,
+                "status",
+                {
+                    "task_id": task.id,
+                    "status": TaskStatus.PENDING.value,
+                    "timestamp": now.isoformat().replace("+00:00", "Z"),
+                },
+                now,
+            )
+            if idempotency_key is not None:
+                await repos.delete_expired_idempotency_keys(now)
+                await repos.add(
+                    IdempotencyKey(
+                        team_id=scope.team_id,
+                        key=idempotency_key,
+                        request_hash=request_hash,
+                        task_id=task.id,
+                        created_at=now,
+                        expires_at=now + IDEMPOTENCY_TTL,
+                    )
+                )
+    except IntegrityError:
+        # A concurrent submission with the same key won the race: answer as it did.
+        if idempotency_key is None:
+            raise
+        existing = await _idempotent_replay(ctx, scope.team_id, idempotency_key, request_hash)
+        if existing is None:
+            raise
+        return existing
+    return task.id
+
+
+async def _idempotent_replay(
+    ctx: ServiceContext, team_id: str, key: str, request_hash: str
+) -> str | None:
+    async with ctx.db.read() as session:
+        row = await WorkRepos(session).idempotency_key(team_id, key)
+    if row is None or row.expires_at <= ctx.now():
+        return None
+    if row.request_hash != request_hash:
+        raise Conflict("Idempotency-Key was already used with a different request")
+    return row.task_id
+
+
+async def list_tasks(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    page: Page,
+    status: TaskStatus | None = None,
+    workflow_id: str | None = None,
+) -> tuple[Sequence[Task], int]:
+    scope.require(Permission.READ)
+    async with ctx.db.read() as session:
+        return await WorkRepos(session).tasks(
+            scope.team_id, page, status.value if status else None, workflow_id
+        )
+
+
+async def get_task(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
+    scope.require(Permission.READ)
+    async with ctx.db.read() as session:
+        task = await WorkRepos(session).task(scope.team_id, task_id)
+    if task is None:
+        raise NotFound("task not found")
+    return task
+
+
+async def _cancel_locked(repos: WorkRepos, task: Task, now: datetime) -> None:
+    status = TaskStatus(task.task_status)
+    if status.is_terminal:
+        return
+    await repos.change_status(task, TaskStatus.CANCELLED, now)
+    if status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+        for hook in task_cancel_hooks:
+            await hook(repos, task)
+
+
+async def cancel_team_tasks(session: AsyncSession, team_id: str, now: datetime) -> None:
+    """Cancel every unfinished task of a team (the team is being deleted)."""
+    repos = WorkRepos(session)
+    for task_id in await repos.active_task_ids_of_team(team_id):
+        task = await repos.task_for_update(task_id)
+        if task is not None:
+            await _cancel_locked(repos, task, now)
+
+
+async def cancel(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
+    """Cancel a task that has not ended; on an ended task this succeeds and changes nothing."""
+    scope.require(Permission.RUN)
+    async with ctx.db.write() as session:
+        repos = WorkRepos(session)
+        task = await repos.task_for_update(task_id)
+        if task is None or task.team_id != scope.team_id:
+            raise NotFound("task not found")
+        await _cancel_locked(repos, task, ctx.now())
+        return task

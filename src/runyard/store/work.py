@@ -1,0 +1,195 @@
+"""Queries for workflows, snapshots, tasks, task events and idempotency keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runyard.domain.tasks import TaskStatus, check_transition
+from runyard.store.repos import Page
+from runyard.store.tables import IdempotencyKey, Task, TaskEvent, Workflow, WorkflowSnapshot
+
+
+class WorkRepos:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: object) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+    async def _count(self, query: Any) -> int:
+        counted = select(func.count()).select_from(query.order_by(None).subquery())
+        return int((await self.session.execute(counted)).scalar_one())
+
+    # -- workflows -----------------------------------------------------------------------
+
+    async def workflow(self, team_id: str, workflow_id: str) -> Workflow | None:
+        row = await self.session.get(Workflow, workflow_id)
+        return row if row is not None and row.team_id == team_id else None
+
+    async def workflow_by_slug(self, team_id: str, slug: str) -> Workflow | None:
+        result = await self.session.execute(
+            select(Workflow).where(Workflow.team_id == team_id, Workflow.workflow_slug == slug)
+        )
+        return result.scalar_one_or_none()
+
+    async def workflows(
+        self, team_id: str, page: Page, status: str | None = None
+    ) -> tuple[Sequence[Workflow], int]:
+        base = select(Workflow).where(Workflow.team_id == team_id)
+        if status:
+            base = base.where(Workflow.workflow_status == status)
+        total = await self._count(base)
+        rows = (
+            await self.session.execute(
+                base.order_by(Workflow.workflow_slug).offset(page.offset).limit(page.per_page)
+            )
+        ).scalars()
+        return rows.all(), total
+
+    async def delete_workflow(self, workflow_id: str) -> None:
+        await self.session.execute(delete(Workflow).where(Workflow.id == workflow_id))
+
+    async def snapshot(self, workflow_id: str, snapshot_id: str) -> WorkflowSnapshot | None:
+        row = await self.session.get(WorkflowSnapshot, snapshot_id)
+        return row if row is not None and row.workflow_id == workflow_id else None
+
+    async def snapshot_by_version(self, workflow_id: str, version: int) -> WorkflowSnapshot | None:
+        result = await self.session.execute(
+            select(WorkflowSnapshot).where(
+                WorkflowSnapshot.workflow_id == workflow_id,
+                WorkflowSnapshot.workflow_version == version,
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def snapshots(
+        self, workflow_id: str, page: Page
+    ) -> tuple[Sequence[WorkflowSnapshot], int]:
+        base = select(WorkflowSnapshot).where(WorkflowSnapshot.workflow_id == workflow_id)
+        total = await self._count(base)
+        rows = (
+            await self.session.execute(
+                base.order_by(WorkflowSnapshot.workflow_version.desc())
+                .offset(page.offset)
+                .limit(page.per_page)
+            )
+        ).scalars()
+        return rows.all(), total
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def task(self, team_id: str, task_id: str) -> Task | None:
+        row = await self.session.get(Task, task_id)
+        return row if row is not None and row.team_id == team_id else None
+
+    async def task_for_update(self, task_id: str) -> Task | None:
+        """Load a task and lock its row (PostgreSQL) for a status change."""
+        result = await self.session.execute(
+            select(Task).where(Task.id == task_id).with_for_update()
+        )
+        return result.scalar_one_or_none()
+
+    async def tasks(
+        self,
+        team_id: str,
+        page: Page,
+        status: str | None = None,
+        workflow_id: str | None = None,
+    ) -> tuple[Sequence[Task], int]:
+        base = select(Task).where(Task.team_id == team_id)
+        if status:
+            base = base.where(Task.task_status == status)
+        if workflow_id:
+            base = base.where(Task.workflow_id == workflow_id)
+        total = await self._count(base)
+        rows = (
+            await self.session.execute(
+                base.order_by(Task.created_at.desc(), Task.id.desc())
+                .offset(page.offset)
+                .limit(page.per_page)
+            )
+        ).scalars()
+        return rows.all(), total
+
+    async def active_task_ids_of_team(self, team_id: str) -> Sequence[str]:
+        result = await self.session.execute(
+            select(Task.id).where(
+                Task.team_id == team_id,
+                Task.task_status.in_([s.value for s in TaskStatus if not s.is_terminal]),
+            )
+        )
+        return result.scalars().all()
+
+    async def add_event(
+        self, task: Task, event_type: str, payload: dict[str, Any], now: datetime
+    ) -> TaskEvent:
+        task.event_seq += 1
+        event = TaskEvent(
+            task_id=task.id,
+            seq=task.event_seq,
+            event_type=event_type,
+            payload=payload,
+            created_at=now,
+        )
+        self.session.add(event)
+        await self.session.flush()
+        return event
+
+    async def change_status(
+        self,
+        task: Task,
+        target: TaskStatus,
+        now: datetime,
+        extra: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> TaskEvent:
+        """The only way a task changes state: checked against the domain table, logged."""
+        check_transition(TaskStatus(task.task_status), target)
+        task.task_status = target.value
+        task.updated_at = now
+        for name, value in fields.items():
+            setattr(task, name, value)
+        if target.is_terminal and task.completed_at is None:
+            task.completed_at = now
+        payload: dict[str, Any] = {
+            "task_id": task.id,
+            "status": target.value,
+            "timestamp": now.isoformat().replace("+00:00", "Z"),
+        }
+        if target is TaskStatus.FAILED:
+            payload["error"] = task.task_error or ""
+        if target is TaskStatus.COMPLETED:
+            payload["output"] = task.task_output
+        payload.update(extra or {})
+        event_type = target.value if target.is_terminal else "status"
+        return await self.add_event(task, event_type, payload, now)
+
+    async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> Sequence[TaskEvent]:
+        result = await self.session.execute(
+            select(TaskEvent)
+            .where(TaskEvent.task_id == task_id, TaskEvent.seq > after)
+            .order_by(TaskEvent.seq)
+            .limit(limit)
+        )
+        return result.scalars().all()
+
+    # -- idempotency ---------------------------------------------------------------------
+
+    async def idempotency_key(self, team_id: str, key: str) -> IdempotencyKey | None:
+        return await self.session.get(IdempotencyKey, (team_id, key))
+
+    async def delete_idempotency_key(self, team_id: str, key: str) -> None:
+        await self.session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.team_id == team_id, IdempotencyKey.key == key
+            )
+        )
+
+    async def delete_expired_idempotency_keys(self, now: datetime) -> None:
+        await self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= now))
