@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runyard import __version__
@@ -52,6 +53,37 @@ class RequestLogMiddleware:
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over the limit with 413, before anything buffers them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body too large (limit {self.max_bytes // (1024 * 1024)} MB)"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(413, message)(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the route's body read; the error handlers turn it into JSON.
+                    raise StarletteHTTPException(413, message)
+            return msg
+
+        await self.app(scope, limited_receive, send)
 
 
 async def start_services(settings: Settings, db: Database) -> ServiceContext:
@@ -111,5 +143,6 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             return error_response(503, "database schema is not up to date; run migrations")
         return JSONResponse({"status": "ready", "database": service_ctx.db.dialect})
 
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestLogMiddleware)
     return app

@@ -55,6 +55,8 @@ class ServerSettings(BaseSettings):
     #: Signs session tokens and links. Empty means: generate one on first start and keep it
     #: in the database, so every replica sharing the database shares the secret.
     secret_key: SecretStr = SecretStr("")
+    #: Largest request body the API accepts (file contents never pass through the API).
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
 class AuthSettings(BaseSettings):
