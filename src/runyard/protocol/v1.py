@@ -1,0 +1,188 @@
+"""Protocol v1: JSON text frames, each an object with a ``type``.
+
+The agent dials ``ws(s)://<server>/api/v1/agent/ws`` with ``Authorization: Bearer ak-…`` and
+sends ``hello`` first; the gateway answers ``welcome``. Every frame about a task carries
+``(task_id, attempt)``: the gateway refuses anything from an attempt that is no longer the
+task's current one and tells the agent to abort it (fencing).
+
+Both sides ignore unknown fields, so either can add optional fields without a version bump;
+a new or changed ``type`` or meaning bumps ``PROTOCOL_VERSION``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+
+#: WebSocket close codes the gateway uses (4000-4999 are for applications).
+CLOSE_UNAUTHORIZED = 4401  # missing, wrong, expired or revoked agent key
+CLOSE_FORBIDDEN = 4403  # not an agent key
+CLOSE_PROTOCOL = 4400  # bad first frame, unsupported protocol, malformed frames
+CLOSE_REPLACED = 4409  # the same agent id connected again elsewhere
+CLOSE_LEASE = 4408  # no heartbeat within the lease
+CLOSE_SHUTDOWN = 1012  # server restarting: reconnect
+
+AgentStatus = Literal["idle", "busy", "syncing", "tunnel", "unhealthy"]
+ReportedStatus = Literal["idle", "syncing", "unhealthy"]
+Pool = Literal["team", "community"]
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class AttemptRef(Frame):
+    task_id: str
+    attempt: int = Field(ge=1)
+
+
+class GpuDevice(Frame):
+    device_name: str = ""
+    device_type: str = ""
+    vram_total: int | None = None
+    vram_free: int | None = None
+
+
+class SystemStats(Frame):
+    comfyui_version: str | None = None
+    pytorch_version: str | None = None
+    os_type: str | None = None
+    gpu_devices: list[GpuDevice] = []
+
+
+# -- agent → gateway -------------------------------------------------------------------------
+
+
+class Hello(Frame):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    agent_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")]
+    agent_version: str = ""
+    labels: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=100)
+    ] = []
+    capacity: Annotated[int, Field(ge=1, le=256)] = 1
+    pools: list[Pool] = ["team"]
+    tool: str = "comfyui"
+    tool_version: str | None = None
+    comfyui_version: str | None = None
+    platform_arch: str | None = None
+    system_stats: SystemStats = SystemStats()
+    status: ReportedStatus = "idle"
+    #: Attempts this agent is still running (after a reconnect): the gateway answers keep/abort.
+    running: list[AttemptRef] = []
+
+
+class Heartbeat(Frame):
+    type: Literal["heartbeat"] = "heartbeat"
+    #: Attempts still running; their leases are renewed, attempts left out are considered lost.
+    running: list[AttemptRef] = []
+    system_stats: SystemStats | None = None
+
+
+class StatusUpdate(Frame):
+    type: Literal["status"] = "status"
+    agent_status: ReportedStatus
+    sync_phase: str | None = None
+    sync_detail: str | None = None
+    sync_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
+class Ack(AttemptRef):
+    type: Literal["ack"] = "ack"
+
+
+class Progress(AttemptRef):
+    type: Literal["progress"] = "progress"
+    progress: Annotated[float, Field(ge=0, le=1)] | None = None
+    current_node: str | None = None
+    step_current: int | None = None
+    step_total: int | None = None
+    #: Nerfstudio: download | process_data | train | export | upload.
+    stage: str | None = None
+    message: str | None = None
+
+
+class Log(AttemptRef):
+    type: Literal["log"] = "log"
+    lines: Annotated[list[str], Field(max_length=1000)]
+
+
+class Complete(AttemptRef):
+    type: Literal["complete"] = "complete"
+    #: The output manifest (what the attempt produced and where it was uploaded).
+    output: dict[str, Any] = {}
+
+
+class Fail(AttemptRef):
+    type: Literal["fail"] = "fail"
+    error: Annotated[str, Field(max_length=10_000)]
+    #: False for failures that would fail again (invalid graph, missing node type or model).
+    retryable: bool = True
+
+
+class Cancelled(AttemptRef):
+    type: Literal["cancelled"] = "cancelled"
+
+
+AgentFrame = Annotated[
+    Hello | Heartbeat | StatusUpdate | Ack | Progress | Log | Complete | Fail | Cancelled,
+    Field(discriminator="type"),
+]
+
+
+# -- gateway → agent -------------------------------------------------------------------------
+
+
+class Welcome(Frame):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    gateway_id: str
+    heartbeat_interval: float
+    lease_ttl: float
+    #: Of the attempts reported in ``hello``: those to keep running, those to abort.
+    keep: list[AttemptRef] = []
+    abort: list[AttemptRef] = []
+
+
+class Dispatch(AttemptRef):
+    type: Literal["dispatch"] = "dispatch"
+    workflow_id: str
+    tool_type: str
+    #: The rendered graph (ComfyUI API format) or Nerfstudio spec, parameters injected.
+    workflow: dict[str, Any]
+    parameters: dict[str, Any] = {}
+    #: Seconds the attempt may run after its ACK; 0 = no limit.
+    timeout: int = 0
+    #: Signed download links for ``file`` parameters: parameter key → URL (storage issue).
+    inputs: dict[str, str] = {}
+
+
+class Cancel(AttemptRef):
+    type: Literal["cancel"] = "cancel"
+    reason: str = "cancelled"
+
+
+class Error(Frame):
+    """Something the agent sent was refused; the connection stays open."""
+
+    type: Literal["error"] = "error"
+    message: str
+
+
+GatewayFrame = Annotated[Welcome | Dispatch | Cancel | Error, Field(discriminator="type")]
+
+_agent_frames: TypeAdapter[Any] = TypeAdapter(AgentFrame)
+_gateway_frames: TypeAdapter[Any] = TypeAdapter(GatewayFrame)
+
+
+def parse_agent_frame(text: str | bytes) -> Any:
+    """Parse and validate one agent frame (raises ``pydantic.ValidationError``)."""
+    return _agent_frames.validate_json(text)
+
+
+def parse_gateway_frame(text: str | bytes) -> Any:
+    return _gateway_frames.validate_json(text)
