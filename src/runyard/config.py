@@ -76,6 +76,27 @@ class AuthSettings(BaseSettings):
     argon2_parallelism: int = Field(default=4, ge=1)
 
 
+class SchedulerSettings(BaseSettings):
+    model_config = _section("RUNYARD_SCHEDULER_")
+
+    #: How often agents send a heartbeat (told to them in ``welcome``).
+    heartbeat_interval_seconds: float = Field(default=5.0, gt=0)
+    #: A running attempt whose agent is not heard from for this long is lost (and retried).
+    #: An agent that reconnects within it keeps its attempts.
+    lease_ttl_seconds: float = Field(default=30.0, gt=0)
+    #: A dispatched attempt not acknowledged within this goes back to waiting.
+    ack_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: How often expired leases, ACK deadlines and task timeouts are looked for.
+    reaper_interval_seconds: float = Field(default=1.0, gt=0)
+    #: Safety-net dispatch pass and reload of waiting tasks, in case a wake-up was missed.
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    #: Retry backoff: first delay and cap, in seconds (doubling, ±20 % jitter).
+    retry_backoff_base_seconds: float = Field(default=2.0, ge=0)
+    retry_backoff_cap_seconds: float = Field(default=300.0, ge=0)
+    #: Progress events are written at most this often per task (the latest tick wins).
+    progress_interval_seconds: float = Field(default=0.5, ge=0)
+
+
 class EmailSettings(BaseSettings):
     model_config = _section("RUNYARD_EMAIL_")
 
@@ -92,6 +113,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     def database_url(self) -> str:
         """The configured database URL, defaulting to SQLite in the data directory."""

@@ -48,6 +48,15 @@ class Account:
         headers = {**self.headers(team_id), **kwargs.pop("headers", {})}
         return await self.client.request(method, path, headers=headers, **kwargs)
 
+    async def relogin(self) -> None:
+        """Sign in again (after a test moved the clock past the access token's hour)."""
+        response = await self.client.post(
+            "/api/v1/auth/login", json={"email_address": self.email, "user_password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        self.access_token = response.json()["access_token"]
+        self.refresh_token = response.json()["refresh_token"]
+
     async def key(self, kind: str = "integration", **body: Any) -> str:
         """Create a credential in the account's team and return its raw secret."""
         response = await self.request(

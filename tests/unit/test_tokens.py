@@ -16,22 +16,22 @@ def test_tokens_round_trip_and_keep_their_type() -> None:
     signer = TokenSigner(SECRET)
     now = datetime.now(UTC)
     token = signer.issue("user-1", "access", "jti-1", now, 60)
-    claims = signer.verify(token, "access")
+    claims = signer.verify(token, "access", now)
     assert (claims.user_id, claims.token_id) == ("user-1", "jti-1")
     with pytest.raises(Unauthorized, match="invalid refresh token"):
-        signer.verify(token, "refresh")
+        signer.verify(token, "refresh", now)
 
 
 def test_expired_forged_and_garbage_tokens_are_refused() -> None:
     signer = TokenSigner(SECRET)
     past = datetime.now(UTC) - timedelta(hours=2)
     with pytest.raises(Unauthorized, match="expired"):
-        signer.verify(signer.issue("u", "access", "j", past, 60), "access")
+        signer.verify(signer.issue("u", "access", "j", past, 60), "access", datetime.now(UTC))
     forged = TokenSigner("x" * 48).issue("u", "access", "j", datetime.now(UTC), 60)
     with pytest.raises(Unauthorized, match="invalid access token"):
-        signer.verify(forged, "access")
+        signer.verify(forged, "access", datetime.now(UTC))
     with pytest.raises(Unauthorized):
-        signer.verify("not-a-jwt", "access")
+        signer.verify("not-a-jwt", "access", datetime.now(UTC))
 
 
 def test_passwords_verify_and_unknown_accounts_fail() -> None:

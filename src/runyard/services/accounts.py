@@ -143,7 +143,7 @@ async def login(ctx: ServiceContext, email: str, password: str) -> TokenPair:
 
 async def refresh(ctx: ServiceContext, refresh_token: str) -> TokenPair:
     """Rotate: the presented token is spent; presenting a spent one revokes its family."""
-    claims = ctx.signer.verify(refresh_token, "refresh")
+    claims = ctx.signer.verify(refresh_token, "refresh", ctx.now())
     now = ctx.now()
     reused = False
     async with ctx.db.write() as session:
@@ -168,7 +168,7 @@ async def refresh(ctx: ServiceContext, refresh_token: str) -> TokenPair:
 
 
 async def logout(ctx: ServiceContext, refresh_token: str) -> None:
-    claims = ctx.signer.verify(refresh_token, "refresh")
+    claims = ctx.signer.verify(refresh_token, "refresh", ctx.now())
     async with ctx.db.write() as session:
         repos = Repos(session)
         row = await repos.refresh_token(claims.token_id)

@@ -77,7 +77,7 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
         raise Unauthorized("missing bearer token")
     kind = kind_of(token)
     if kind is None:
-        claims = ctx.signer.verify(token, "access")
+        claims = ctx.signer.verify(token, "access", ctx.now())
         async with ctx.db.read() as session:
             user = await Repos(session).user_by_id(claims.user_id)
         if user is None or not user.is_active:
@@ -94,6 +94,11 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
             if row is not None and kind is CredentialKind.DEVICE and row.user_id
             else None
         )
+        device_member = (
+            await repos.membership(row.team_id, row.user_id)
+            if device_user is not None and row is not None and row.user_id
+            else None
+        )
     # The lookup is by hash, so a wrong key never gets compared character by character.
     if row is None or row.kind != kind.value:
         raise Unauthorized("invalid credential")
@@ -105,6 +110,9 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
         raise Unauthorized("invalid credential")
     if kind is CredentialKind.AGENT:
         raise Forbidden("agent keys (ak-) are accepted only by the agent gateway")
+    if kind is CredentialKind.DEVICE and device_member is None:
+        # Bound to one team: once its user leaves that team the key is good for nothing.
+        raise Forbidden("the device's user is no longer a member of its team")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         async with ctx.db.write() as session:
             await Repos(session).touch_credential(row.id, now)

@@ -47,6 +47,15 @@ def input_file_prefix(team_id: str) -> str:
     return f"inputs/{team_id}/"
 
 
+def is_team_input(team_id: str, key: str) -> bool:
+    """``key`` names a file under this team's input prefix, with no ``..`` to climb out of it."""
+    prefix = input_file_prefix(team_id)
+    if not key.startswith(prefix):
+        return False
+    parts = key[len(prefix) :].split("/")
+    return all(part not in ("", ".", "..") for part in parts) and "\\" not in key
+
+
 def _request_hash(target: str, request: RunRequest) -> str:
     body = {
         "target": target,
@@ -88,9 +97,10 @@ async def submit(
             f"tool_type {request.tool_type.value!r} does not match the workflow's "
             f"{spec.tool_type.value!r}"
         )
-    prefix = input_file_prefix(scope.team_id)
     resolved = resolve_values(
-        spec.parameters, request.parameters, is_team_file=lambda key: key.startswith(prefix)
+        spec.parameters,
+        request.parameters,
+        is_team_file=lambda key: is_team_input(scope.team_id, key),
     )
     rendered = render(spec.tool_type, spec.workflow_json, spec.parameters, resolved)
 

@@ -207,6 +207,8 @@ class Task(Base):
         Index(None, "team_id", "created_at"),
         Index(None, "team_id", "task_status", "created_at"),
         Index(None, "task_status", "priority", "created_at"),
+        Index(None, "task_status", "lease_expires_at"),
+        Index(None, "task_status", "deadline_at"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -238,6 +240,12 @@ class Task(Base):
     gateway_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     gpu_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
     task_output: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: A retried task is not dispatched before this time (backoff).
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The current attempt's lease: ACK deadline while queued, renewed while running.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: ``task_timeout`` after the ACK; past it the attempt is aborted and fails.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Sequence number of the last event written for this task.
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -273,3 +281,61 @@ class IdempotencyKey(Base):
     task_id: Mapped[str] = mapped_column(ID)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class TaskAttempt(Base):
+    """One dispatch of a task to an agent."""
+
+    __tablename__ = "task_attempts"
+
+    task_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(200))
+    gateway_id: Mapped[str] = mapped_column(String(100))
+    dispatched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: completed | failed | cancelled | abandoned (no ACK) | lost (lease) | timed_out
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Agent(Base):
+    """An agent of a team. ``gateway_id`` is set while it is connected (to that replica)."""
+
+    __tablename__ = "agents"
+
+    team_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    agent_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    gateway_id: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    credential_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    agent_status: Mapped[str] = mapped_column(String(20))
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    pools: Mapped[list[str]] = mapped_column(JSON)
+    gpu_capacity: Mapped[int] = mapped_column(Integer)
+    agent_version: Mapped[str] = mapped_column(String(100), default="")
+    tool: Mapped[str] = mapped_column(String(50), default="")
+    tool_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    comfyui_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    platform_arch: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    system_stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sync_phase: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    sync_detail: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    sync_percent: Mapped[float | None] = mapped_column(nullable=True)
+    tasks_completed: Mapped[int] = mapped_column(Integer, default=0)
+    connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Gateway(Base):
+    """A running server replica (each is a gateway). Stale rows mean the replica died."""
+
+    __tablename__ = "gateways"
+
+    gateway_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,1 @@
+"""Dispatch of tasks to agents: the waiting-task index, claims, leases, retries, timeouts."""
