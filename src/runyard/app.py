@@ -16,8 +16,11 @@ from runyard import __version__
 from runyard.api.errors import error_response, install_error_handlers
 from runyard.api.routes import api_router
 from runyard.config import Settings
+from runyard.events.bus import make_bus
+from runyard.gateway.endpoint import router as gateway_router
 from runyard.logging import get_logger
-from runyard.services.context import ServiceContext, build_context
+from runyard.scheduler.core import Scheduler
+from runyard.services.context import NullNotifier, ServiceContext, build_context
 from runyard.store import migrate
 from runyard.store.db import Database
 
@@ -55,6 +58,12 @@ class RequestLogMiddleware:
             )
 
 
+def _describe_bytes(size: int) -> str:
+    """``16 MB`` for whole mebibytes, else the exact count (``200,000 bytes``), never ``0 MB``."""
+    mib = 1024 * 1024
+    return f"{size // mib} MB" if size % mib == 0 else f"{size:,} bytes"
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over the limit with 413, before anything buffers them."""
 
@@ -66,7 +75,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body too large (limit {self.max_bytes // (1024 * 1024)} MB)"
+        message = f"request body too large (limit {_describe_bytes(self.max_bytes)})"
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await error_response(413, message)(scope, receive, send)
@@ -93,21 +102,40 @@ async def start_services(settings: Settings, db: Database) -> ServiceContext:
 
 
 def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI:
-    """Build the app. Pass ``ctx`` to reuse an existing database (tests); else one is opened."""
+    """Build the app. Pass ``ctx`` to reuse an open database (tests); else one is opened.
+
+    The lifespan starts the bus and the scheduler (dispatcher, reaper, lease renewal) on top of
+    the service context; clients that skip the lifespan (in-process API tests) get the API only.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if ctx is not None:
-            app.state.ctx = ctx
-            yield
-            return
-        db = Database(settings.database_url(), settings.database)
+        owned: Database | None = None
+        service_ctx = ctx
+        if service_ctx is None:
+            owned = Database(settings.database_url(), settings.database)
+            service_ctx = await start_services(settings, owned)
+        app.state.ctx = service_ctx
+        bus = make_bus(service_ctx.db)
+        scheduler = Scheduler(service_ctx, bus)
+        service_ctx.notifier = scheduler
+        app.state.scheduler = scheduler
         try:
-            app.state.ctx = await start_services(settings, db)
-            log.info("server_started", database=db.dialect, version=__version__)
+            await bus.start()
+            await scheduler.start()
+            log.info(
+                "server_started",
+                database=service_ctx.db.dialect,
+                version=__version__,
+                gateway_id=scheduler.gateway_id,
+            )
             yield
         finally:
-            await db.dispose()
+            await scheduler.stop()
+            await bus.stop()
+            service_ctx.notifier = NullNotifier()
+            if owned is not None:
+                await owned.dispose()
             log.info("server_stopped")
 
     app = FastAPI(
@@ -123,6 +151,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         app.state.ctx = ctx
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(gateway_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

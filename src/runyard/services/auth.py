@@ -122,6 +122,27 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
     return Caller(caller_kind, row.user_id, row.team_id, row.id)
 
 
+async def authenticate_agent(ctx: ServiceContext, token: str) -> tuple[str, str]:
+    """An agent key for the gateway → (team_id, credential_id), or raise 401/403."""
+    if not token:
+        raise Unauthorized("missing agent key (Authorization: Bearer ak-…)")
+    if kind_of(token) is not CredentialKind.AGENT:
+        raise Forbidden("the agent gateway accepts only agent keys (ak-)")
+    now = ctx.now()
+    async with ctx.db.read() as session:
+        row = await Repos(session).credential_by_hash(hash_secret(token))
+    if row is None or row.kind != CredentialKind.AGENT.value:
+        raise Unauthorized("invalid agent key")
+    if row.revoked_at is not None:
+        raise Unauthorized("agent key revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthorized("agent key expired")
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        async with ctx.db.write() as session:
+            await Repos(session).touch_credential(row.id, now)
+    return row.team_id, row.id
+
+
 def require_user(caller: Caller) -> str:
     """Per-user routes: a session or a device credential, never an integration key."""
     if caller.kind is CallerKind.INTEGRATION or caller.user_id is None:

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from runyard.config import Settings
 from runyard.security.passwords import Passwords
@@ -17,6 +18,28 @@ from runyard.store.types import utcnow
 SECRET_SETTING = "server_secret_key"
 
 
+class Notifier(Protocol):
+    """How services tell the scheduler about changes, after committing them."""
+
+    async def task_submitted(self, task_id: str) -> None: ...
+
+    async def task_cancelled(
+        self, task_id: str, team_id: str, agent_id: str | None, attempt: int
+    ) -> None: ...
+
+
+class NullNotifier:
+    """For processes without a scheduler (CLI commands); the scheduler's sweep catches up."""
+
+    async def task_submitted(self, task_id: str) -> None:
+        return None
+
+    async def task_cancelled(
+        self, task_id: str, team_id: str, agent_id: str | None, attempt: int
+    ) -> None:
+        return None
+
+
 @dataclass
 class ServiceContext:
     db: Database
@@ -24,6 +47,7 @@ class ServiceContext:
     passwords: Passwords
     signer: TokenSigner
     now: Callable[[], datetime] = field(default=utcnow)
+    notifier: Notifier = field(default_factory=NullNotifier)
 
 
 async def load_secret(db: Database, settings: Settings) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,11 +25,6 @@ from runyard.store.tables import IdempotencyKey, Task
 from runyard.store.work import WorkRepos
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-
-#: Called (inside the cancelling transaction) for a task that was queued or running, so the
-#: scheduler can tell its agent to abort.
-TaskCancelHook = Callable[[WorkRepos, Task], Awaitable[None]]
-task_cancel_hooks: list[TaskCancelHook] = []
 
 
 @dataclass(frozen=True)
@@ -168,6 +163,7 @@ async def submit(
         if existing is None:
             raise
         return existing
+    await ctx.notifier.task_submitted(task.id)
     return task.id
 
 
@@ -206,32 +202,51 @@ async def get_task(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
     return task
 
 
-async def _cancel_locked(repos: WorkRepos, task: Task, now: datetime) -> None:
-    status = TaskStatus(task.task_status)
-    if status.is_terminal:
-        return
+@dataclass(frozen=True)
+class Cancelled:
+    """A task just cancelled, for telling its agent (if it had one) once committed."""
+
+    task_id: str
+    team_id: str
+    agent_id: str | None
+    attempt: int
+
+
+async def _cancel_locked(repos: WorkRepos, task: Task, now: datetime) -> Cancelled | None:
+    if TaskStatus(task.task_status).is_terminal:
+        return None
     await repos.change_status(task, TaskStatus.CANCELLED, now)
-    if status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
-        for hook in task_cancel_hooks:
-            await hook(repos, task)
+    return Cancelled(task.id, task.team_id, task.agent_id, task.attempt)
 
 
-async def cancel_team_tasks(session: AsyncSession, team_id: str, now: datetime) -> None:
+async def cancel_team_tasks(session: AsyncSession, team_id: str, now: datetime) -> list[Cancelled]:
     """Cancel every unfinished task of a team (the team is being deleted)."""
     repos = WorkRepos(session)
+    cancelled: list[Cancelled] = []
     for task_id in await repos.active_task_ids_of_team(team_id):
         task = await repos.task_for_update(task_id)
-        if task is not None:
-            await _cancel_locked(repos, task, now)
+        if task is not None and (done := await _cancel_locked(repos, task, now)) is not None:
+            cancelled.append(done)
+    return cancelled
+
+
+async def notify_cancelled(ctx: ServiceContext, cancelled: Sequence[Cancelled]) -> None:
+    for c in cancelled:
+        await ctx.notifier.task_cancelled(c.task_id, c.team_id, c.agent_id, c.attempt)
 
 
 async def cancel(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
-    """Cancel a task that has not ended; on an ended task this succeeds and changes nothing."""
+    """Cancel a task that has not ended; on an ended task this succeeds and changes nothing.
+
+    A queued or running attempt is told to abort; anything its agent sends later is ignored.
+    """
     scope.require(Permission.RUN)
     async with ctx.db.write() as session:
         repos = WorkRepos(session)
         task = await repos.task_for_update(task_id)
         if task is None or task.team_id != scope.team_id:
             raise NotFound("task not found")
-        await _cancel_locked(repos, task, ctx.now())
-        return task
+        done = await _cancel_locked(repos, task, ctx.now())
+    if done is not None:
+        await notify_cancelled(ctx, [done])
+    return task

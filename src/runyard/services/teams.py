@@ -13,7 +13,7 @@ from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services.accounts import create_team_in, normalise_email
 from runyard.services.auth import TeamScope
 from runyard.services.context import ServiceContext
-from runyard.services.tasks import cancel_team_tasks
+from runyard.services.tasks import cancel_team_tasks, notify_cancelled
 from runyard.store.repos import Page, Repos
 from runyard.store.tables import Invitation, Membership, Team, User
 
@@ -81,9 +81,10 @@ async def delete_team(ctx: ServiceContext, scope: TeamScope) -> None:
     async with ctx.db.write() as session:
         repos = Repos(session)
         # Unfinished work is cancelled first (agents are told to abort), then everything goes.
-        await cancel_team_tasks(session, scope.team_id, ctx.now())
+        cancelled = await cancel_team_tasks(session, scope.team_id, ctx.now())
         await repos.revoke_team_credentials(scope.team_id, ctx.now())
         await repos.delete_team(scope.team_id)
+    await notify_cancelled(ctx, cancelled)
 
 
 async def leave_team(ctx: ServiceContext, scope: TeamScope) -> None:

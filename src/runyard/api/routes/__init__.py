@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from runyard.api.routes import auth, credentials, runtime, teams, workflows
+from runyard.api.routes import agents, auth, credentials, runtime, teams, workflows
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(auth.router)
@@ -10,3 +10,4 @@ api_router.include_router(teams.router)
 api_router.include_router(credentials.router)
 api_router.include_router(workflows.router)
 api_router.include_router(runtime.router)
+api_router.include_router(agents.router)

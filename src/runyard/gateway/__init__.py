@@ -1,0 +1,1 @@
+"""The agent gateway: the WebSocket endpoint agents dial, and their live connections."""

@@ -1,0 +1,117 @@
+"""The WebSocket agents dial: ``/api/v1/agent/ws`` with ``Authorization: Bearer ak-…``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from runyard.domain.errors import RunyardError
+from runyard.gateway.connection import AgentConnection
+from runyard.logging import get_logger
+from runyard.protocol import v1
+from runyard.scheduler.core import Scheduler
+from runyard.services.auth import authenticate_agent
+from runyard.services.context import ServiceContext
+
+log = get_logger("runyard.gateway")
+router = APIRouter()
+
+HELLO_TIMEOUT_SECONDS = 10.0
+#: Malformed frames tolerated before the gateway hangs up.
+MAX_BAD_FRAMES = 20
+
+
+def _bearer(websocket: WebSocket) -> str:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+@router.websocket("/api/v1/agent/ws")
+async def agent_socket(websocket: WebSocket) -> None:
+    ctx: ServiceContext = websocket.app.state.ctx
+    scheduler: Scheduler = websocket.app.state.scheduler
+    # Accept first, so a refusal can carry a close code and a reason the agent can log.
+    await websocket.accept()
+    try:
+        team_id, credential_id = await authenticate_agent(ctx, _bearer(websocket))
+    except RunyardError as exc:
+        code = v1.CLOSE_FORBIDDEN if exc.status_code == 403 else v1.CLOSE_UNAUTHORIZED
+        await websocket.close(code=code, reason=exc.message)
+        return
+    try:
+        raw = await asyncio.wait_for(websocket.receive_text(), HELLO_TIMEOUT_SECONDS)
+        hello = v1.parse_agent_frame(raw)
+    except (TimeoutError, ValidationError, WebSocketDisconnect, KeyError) as exc:
+        if not isinstance(exc, WebSocketDisconnect):
+            await websocket.close(code=v1.CLOSE_PROTOCOL, reason="expected a hello frame first")
+        return
+    if not isinstance(hello, v1.Hello):
+        await websocket.close(code=v1.CLOSE_PROTOCOL, reason="expected a hello frame first")
+        return
+    if hello.protocol != v1.PROTOCOL_VERSION:
+        await websocket.close(
+            code=v1.CLOSE_PROTOCOL,
+            reason=f"unsupported protocol {hello.protocol}; this server speaks "
+            f"{v1.PROTOCOL_VERSION}",
+        )
+        return
+
+    conn = AgentConnection(
+        team_id=team_id, credential_id=credential_id, hello=hello, connected_at=ctx.now()
+    )
+    keep, abort = await scheduler.agent_connected(conn)
+    settings = ctx.settings.scheduler
+    conn.send(
+        v1.Welcome(
+            gateway_id=scheduler.gateway_id,
+            heartbeat_interval=settings.heartbeat_interval_seconds,
+            lease_ttl=settings.lease_ttl_seconds,
+            keep=keep,
+            abort=abort,
+        )
+    )
+    writer = asyncio.create_task(_write(websocket, conn))
+    reader = asyncio.create_task(_read(websocket, conn, scheduler))
+    try:
+        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (writer, reader):
+            task.cancel()
+        await asyncio.gather(writer, reader, return_exceptions=True)
+        await scheduler.agent_disconnected(conn)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=conn.close_code or 1000, reason=conn.close_reason)
+
+
+async def _write(websocket: WebSocket, conn: AgentConnection) -> None:
+    while True:
+        item = await conn.queue.get()
+        if item is None:
+            await websocket.close(code=conn.close_code or 1000, reason=conn.close_reason)
+            return
+        await websocket.send_text(item)
+
+
+async def _read(websocket: WebSocket, conn: AgentConnection, scheduler: Scheduler) -> None:
+    bad = 0
+    while True:
+        try:
+            raw = await websocket.receive_text()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        try:
+            frame = v1.parse_agent_frame(raw)
+        except ValidationError as exc:
+            bad += 1
+            conn.send(v1.Error(message=f"invalid frame: {exc.errors()[0]['msg']}"))
+            if bad >= MAX_BAD_FRAMES:
+                conn.close(v1.CLOSE_PROTOCOL, "too many invalid frames")
+            continue
+        try:
+            await scheduler.handle(conn, frame)
+        except Exception:
+            log.exception("agent_frame_failed", agent_id=conn.agent_id, type=frame.type)
