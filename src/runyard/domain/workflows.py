@@ -21,6 +21,8 @@ SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 _SLUG = re.compile(SLUG_PATTERN)
 _PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
+_VERSION = re.compile(r"[0-9]{1,10}")
+MAX_VERSION = 2**31 - 1
 
 #: Largest graph accepted, in nodes. (The request body limit bounds its size in bytes.)
 MAX_NODES = 20_000
@@ -92,7 +94,9 @@ def parse_slug_ref(ref: str) -> tuple[str, int | None]:
     slug, sep, version = ref.partition("@")
     if not sep:
         return slug, None
-    if not version.isdigit() or int(version) < 1:
+    # ASCII digits only (str.isdigit() accepts "²", which int() refuses), and within the
+    # 32-bit version column (a larger number made PostgreSQL fail with a 500).
+    if not _VERSION.fullmatch(version) or not 1 <= int(version) <= MAX_VERSION:
         raise BadRequest(f"bad workflow version in {ref!r}: use slug@N with N ≥ 1")
     return slug, int(version)
 
