@@ -298,3 +298,24 @@ async def test_community_pool_serves_teams_in_turn(server: LiveServer) -> None:
         done = await quiet.task(light[0])
         assert done["task_status"] == "completed"
         assert done["agent_id"] == "donor"
+
+
+async def test_handed_back_attempt_waits_again_without_a_retry(server: LiveServer) -> None:
+    async with api(server) as client:
+        team = await live_team(server, client, max_retries=0)
+        leaving = await RawAgent.connect(server, team.agent_key, "leaving", labels=["gpu"])
+        task_id = await team.run()
+        dispatch = await leaving.recv(v1.Dispatch)
+        await leaving.ack(dispatch)
+        await leaving.send(
+            v1.Fail(task_id=task_id, attempt=1, error="agent shutting down", handback=True)
+        )
+        await leaving.close()
+        waiting = await team.wait(task_id, "waiting")
+        assert waiting["retry_count"] == 0
+        staying = await RawAgent.connect(server, team.agent_key, "staying", labels=["gpu"])
+        again = await staying.recv(v1.Dispatch)
+        assert again.attempt == 2
+        await staying.ack(again)
+        await staying.complete(again)
+        assert (await team.wait(task_id, "completed"))["retry_count"] == 0

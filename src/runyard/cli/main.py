@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -122,6 +122,120 @@ def bootstrap(
     typer.echo(f"user    {result['user_id']}")
     typer.echo(f"team    {result['team_id']}")
     typer.echo(f"api key {result['api_key']}  (shown once; store it now)")
+
+
+@app.command()
+def agent(
+    simulate: Annotated[
+        bool,
+        typer.Option(
+            "--simulate",
+            help="Run the simulated worker (no GPU, no ComfyUI): for tests, benchmarks and "
+            "checking a deployment.",
+        ),
+    ] = False,
+    gateway: Annotated[
+        str | None,
+        typer.Option(help="Server base URL, http(s)://host:port (env RUNYARD_AGENT_GATEWAY)."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="Agent key, ak-… (env RUNYARD_AGENT_KEY).", show_default=False),
+    ] = None,
+    agent_id: Annotated[
+        str | None, typer.Option("--agent-id", help="Agent id.", show_default="host name")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels, e.g. gpu,comfyui.")
+    ] = None,
+    pools: Annotated[
+        str | None, typer.Option(help="Comma-separated pools: team, community.")
+    ] = None,
+    capacity: Annotated[
+        int | None, typer.Option(help="Attempts run at once.", show_default="1")
+    ] = None,
+    behaviour: Annotated[
+        str | None,
+        typer.Option(
+            "--behaviour",
+            "--behavior",
+            help="Simulated behaviour: succeed, fail, fail-permanent, stall, disconnect, slow, "
+            "no-ack (a task's parameters may choose with {'simulate': …}).",
+            show_default="succeed",
+        ),
+    ] = None,
+    run_seconds: Annotated[
+        float | None,
+        typer.Option("--run-seconds", help="Simulated run time per task.", show_default="0"),
+    ] = None,
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds running work may finish after SIGTERM/SIGINT before it is handed back.",
+            show_default="30",
+        ),
+    ] = None,
+) -> None:
+    """Run an agent that dials out to the gateway and runs tasks."""
+    from pydantic import ValidationError
+
+    from runyard.agent.client import GatewayClient, run_until_signalled
+    from runyard.agent.config import AgentSettings
+    from runyard.agent.simulate import SimulatedRunner
+    from runyard.config import LoggerSettings
+
+    configure_logging(LoggerSettings())
+    flags: dict[str, Any] = {
+        "gateway": gateway,
+        "key": key,
+        "agent_id": agent_id,
+        "labels": labels,
+        "pools": pools,
+        "capacity": capacity,
+        "behaviour": behaviour,
+        "run_seconds": run_seconds,
+        "grace_seconds": grace,
+        "simulate": simulate or None,
+    }
+    try:
+        settings = AgentSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            typer.echo(f"error: {where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+    if not settings.simulate:
+        typer.echo(
+            "error: the ComfyUI runner is not built yet; run `runyard agent --simulate` "
+            "for the simulated worker",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if not settings.gateway:
+        typer.echo("error: no gateway: pass --gateway URL or set RUNYARD_AGENT_GATEWAY", err=True)
+        raise typer.Exit(2)
+    secret = settings.key.get_secret_value()
+    if not secret.startswith("ak-"):
+        typer.echo(
+            "error: an agent key (ak-…) is needed: pass --key or set RUNYARD_AGENT_KEY", err=True
+        )
+        raise typer.Exit(2)
+    runner = SimulatedRunner(settings.behaviour, settings.run_seconds)
+    try:
+        client = GatewayClient(
+            settings.gateway,
+            secret,
+            runner,
+            agent_id=settings.agent_id,
+            labels=settings.labels,
+            capacity=settings.capacity,
+            pools=settings.pools,
+            tool_version="simulated",
+        )
+    except (ValueError, ValidationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(asyncio.run(run_until_signalled(client, settings.grace_seconds)))
 
 
 def main() -> None:

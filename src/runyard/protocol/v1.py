@@ -122,6 +122,9 @@ class Fail(AttemptRef):
     error: Annotated[str, Field(max_length=10_000)]
     #: False for failures that would fail again (invalid graph, missing node type or model).
     retryable: bool = True
+    #: The agent hands the attempt back without it having failed (shutting down, at capacity):
+    #: the task waits again and this does not count as a retry.
+    handback: bool = False
 
 
 class Cancelled(AttemptRef):

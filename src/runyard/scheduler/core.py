@@ -354,8 +354,9 @@ class Scheduler:
         elif isinstance(frame, v1.Complete):
             await self._complete(conn, frame)
         elif isinstance(frame, v1.Fail):
+            outcome = "abandoned" if frame.handback else "failed"
             await self._attempt_failed(
-                conn, frame, AttemptEnd(frame.error, frame.retryable, "failed")
+                conn, frame, AttemptEnd(frame.error, frame.retryable, outcome)
             )
         elif isinstance(frame, v1.Cancelled):
             await self._cancelled(conn, frame)
