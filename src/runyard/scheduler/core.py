@@ -44,6 +44,8 @@ from runyard.store.work import WorkRepos
 log = get_logger("runyard.scheduler")
 
 TASK_READY = "task_ready"
+#: Tasks moved ``pending → waiting`` per transaction (and per dispatch round).
+MARK_WAITING_BATCH = 200
 AGENT_COMMAND = "agent_command"
 
 
@@ -93,8 +95,18 @@ class Scheduler:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        now = self.ctx.now()
         async with self.ctx.db.write() as session:
-            await AgentRepos(session).touch_gateway(self.gateway_id, self.ctx.now())
+            agents = AgentRepos(session)
+            await agents.touch_gateway(self.gateway_id, now)
+            # While this server was down nobody could renew leases. Give agents one lease
+            # period to reconnect and report their attempts before they count as lost, so a
+            # restart resumes work instead of running it twice.
+            extended = await agents.extend_all_leases(
+                now + timedelta(seconds=self.settings.lease_ttl_seconds)
+            )
+        if extended:
+            log.info("leases_extended_after_start", attempts=extended)
         await self.reload_waiting()
         for loop in (self._dispatch_loop, self._reaper_loop, self._lease_loop, self._sweep_loop):
             self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
@@ -241,11 +253,19 @@ class Scheduler:
         return True
 
     async def _mark_waiting(self) -> None:
-        """Tasks this process could not place at once: ``pending → waiting``, saying why."""
+        """Tasks this process could not place at once: ``pending → waiting``, saying why.
+
+        At most ``MARK_WAITING_BATCH`` per round, each batch its own short transaction: a
+        large backlog (a restart with thousands of pending tasks) must neither hold the
+        write lock for seconds nor keep the dispatcher from dispatching meanwhile.
+        """
         if not self._pending:
             return
         ids = [t for t in self._pending if t in self.index]
-        self._pending.clear()
+        self._pending = set(ids[MARK_WAITING_BATCH:])
+        ids = ids[:MARK_WAITING_BATCH]
+        if self._pending:
+            self.wake()  # the rest in the next rounds
         if not ids:
             return
         now = self.ctx.now()

@@ -156,6 +156,15 @@ class AgentRepos:
         )
         return result.scalars().all()
 
+    async def extend_all_leases(self, until: datetime) -> int:
+        """Give every unfinished attempt at least until ``until`` (after a server restart)."""
+        result = await self.session.execute(
+            update(Task)
+            .where(Task.task_status.in_(ACTIVE), Task.lease_expires_at < until)
+            .values(lease_expires_at=until)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def renew_leases(self, task_ids: Sequence[str], expires_at: datetime) -> None:
         if not task_ids:
             return
