@@ -339,3 +339,63 @@ class Gateway(Base):
     gateway_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Webhook(Base):
+    __tablename__ = "webhooks"
+    __table_args__ = (Index(None, "team_id", "webhook_status"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    team_id: Mapped[str] = mapped_column(ID, ForeignKey("teams.id", ondelete="CASCADE"))
+    display_name: Mapped[str] = mapped_column(String(255))
+    webhook_url: Mapped[str] = mapped_column(String(2048))
+    #: The signing secret, encrypted with a key derived from the server secret (it must be
+    #: shown again on GET, so it cannot be hashed).
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    webhook_events: Mapped[list[str]] = mapped_column(JSON)
+    webhook_status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one message to one webhook, written with the transition that caused it."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "delivery_status", "next_attempt_at"),
+        Index(None, "webhook_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ID, ForeignKey("webhooks.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(ID)
+    task_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    event_type: Mapped[str] = mapped_column(String(50))
+    #: The body, fixed at creation so every attempt sends the same bytes.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: pending | delivered | failed
+    delivery_status: Mapped[str] = mapped_column(String(20))
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: the delivery log."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
