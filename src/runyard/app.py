@@ -17,12 +17,14 @@ from runyard.api.errors import error_response, install_error_handlers
 from runyard.api.routes import api_router
 from runyard.config import Settings
 from runyard.events.bus import make_bus
+from runyard.events.hub import TASK_EVENT, EventHub
 from runyard.gateway.endpoint import router as gateway_router
 from runyard.logging import get_logger
 from runyard.scheduler.core import Scheduler
 from runyard.services.context import NullNotifier, ServiceContext, build_context
 from runyard.store import migrate
 from runyard.store.db import Database
+from runyard.webhooks.deliverer import WEBHOOK_OUTBOX, Deliverer
 
 log = get_logger("runyard.server")
 
@@ -120,9 +122,27 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         scheduler = Scheduler(service_ctx, bus)
         service_ctx.notifier = scheduler
         app.state.scheduler = scheduler
+        app.state.events = EventHub(bus)
+        deliverer = Deliverer(service_ctx)
+        app.state.deliverer = deliverer
+
+        async def wake_deliverer(_payload: str) -> None:
+            deliverer.wake()
+
+        bus.subscribe(WEBHOOK_OUTBOX, wake_deliverer)
+
+        async def announce(info: dict[str, Any]) -> None:
+            # After each commit: tell every replica's streams and deliverers what changed.
+            for task_id in info.get("task_events", ()):
+                await bus.publish(TASK_EVENT, task_id)
+            if info.get("webhook_outbox"):
+                await bus.publish(WEBHOOK_OUTBOX, "")
+
+        service_ctx.db.after_commit.append(announce)
         try:
             await bus.start()
             await scheduler.start()
+            await deliverer.start()
             log.info(
                 "server_started",
                 database=service_ctx.db.dialect,
@@ -131,6 +151,8 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             )
             yield
         finally:
+            service_ctx.db.after_commit.remove(announce)
+            await deliverer.stop()
             await scheduler.stop()
             await bus.stop()
             service_ctx.notifier = NullNotifier()

@@ -97,6 +97,24 @@ class SchedulerSettings(BaseSettings):
     progress_interval_seconds: float = Field(default=0.5, ge=0)
 
 
+class EventSettings(BaseSettings):
+    model_config = _section("RUNYARD_EVENTS_")
+
+    #: Seconds between keep-alive comments on an idle event stream.
+    keep_alive_seconds: float = Field(default=15.0, gt=0)
+
+
+class WebhookSettings(BaseSettings):
+    model_config = _section("RUNYARD_WEBHOOKS_")
+
+    #: Allow ``http://`` URLs to loopback (and loopback addresses at all): development and tests.
+    allow_http_loopback: bool = False
+    #: Seconds a receiver has to answer one delivery attempt.
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Deliveries in flight at once, so one slow receiver never holds up the others.
+    concurrency: int = Field(default=32, ge=1)
+
+
 class EmailSettings(BaseSettings):
     model_config = _section("RUNYARD_EMAIL_")
 
@@ -114,6 +132,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
 
     def database_url(self) -> str:
         """The configured database URL, defaulting to SQLite in the data directory."""

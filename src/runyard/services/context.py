@@ -14,6 +14,7 @@ from runyard.security.tokens import TokenSigner
 from runyard.store.db import Database
 from runyard.store.repos import Repos
 from runyard.store.types import utcnow
+from runyard.webhooks.secrets import SecretBox
 
 SECRET_SETTING = "server_secret_key"
 
@@ -48,6 +49,8 @@ class ServiceContext:
     signer: TokenSigner
     now: Callable[[], datetime] = field(default=utcnow)
     notifier: Notifier = field(default_factory=NullNotifier)
+    #: Encrypts webhook secrets at rest (set by ``build_context``).
+    secret_box: SecretBox | None = None
 
 
 async def load_secret(db: Database, settings: Settings) -> str:
@@ -69,4 +72,5 @@ async def build_context(
         passwords=Passwords(settings.auth),
         signer=TokenSigner(secret),
         now=now,
+        secret_box=SecretBox(secret),
     )

@@ -9,7 +9,7 @@ another writer got there first, and ``busy_timeout`` cannot help with that case.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,10 @@ class Database:
         if self.dialect == "sqlite":
             self._tune_sqlite()
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        #: Called after each committed write transaction with its ``session.info``: how
+        #: repositories announce what they wrote (task events, webhook outbox rows) once it is
+        #: durable, never before.
+        self.after_commit: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,11 +99,17 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A short write transaction: committed on success, rolled back on any error."""
         token = _write_mode.set(True)
+        info: dict[str, Any] = {}
         try:
-            async with self._sessions() as session, session.begin():
-                yield session
+            async with self._sessions() as session:
+                async with session.begin():
+                    yield session
+                info = dict(session.info)
         finally:
             _write_mode.reset(token)
+        if info:
+            for hook in self.after_commit:
+                await hook(info)
 
     async def ping(self) -> None:
         from sqlalchemy import text

@@ -378,6 +378,8 @@ class WebhookDelivery(Base):
     #: pending | delivered | failed
     delivery_status: Mapped[str] = mapped_column(String(20))
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Attempts since the delivery was (re)scheduled: picks the next delay of the schedule.
+    attempts_in_round: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

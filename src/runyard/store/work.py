@@ -9,9 +9,19 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from runyard.domain.ids import new_id
 from runyard.domain.tasks import TaskStatus, check_transition
+from runyard.domain.webhooks import EVENT_FOR_STATUS, task_body
 from runyard.store.repos import Page
-from runyard.store.tables import IdempotencyKey, Task, TaskEvent, Workflow, WorkflowSnapshot
+from runyard.store.tables import (
+    IdempotencyKey,
+    Task,
+    TaskEvent,
+    Webhook,
+    WebhookDelivery,
+    Workflow,
+    WorkflowSnapshot,
+)
 
 
 class WorkRepos:
@@ -139,6 +149,8 @@ class WorkRepos:
         )
         self.session.add(event)
         await self.session.flush()
+        # Announced once the transaction commits (see Database.after_commit).
+        self.session.info.setdefault("task_events", set()).add(task.id)
         return event
 
     async def change_status(
@@ -168,7 +180,42 @@ class WorkRepos:
             payload["output"] = task.task_output
         payload.update(extra or {})
         event_type = target.value if target.is_terminal else "status"
-        return await self.add_event(task, event_type, payload, now)
+        event = await self.add_event(task, event_type, payload, now)
+        await self._webhook_outbox(task, target, now)
+        return event
+
+    async def _webhook_outbox(self, task: Task, target: TaskStatus, now: datetime) -> None:
+        """Outbox rows for the team's webhooks, in the same transaction as the transition."""
+        event_type = EVENT_FOR_STATUS.get(target)
+        if event_type is None:
+            return
+        rows = await self.session.execute(
+            select(Webhook).where(
+                Webhook.team_id == task.team_id, Webhook.webhook_status == "active"
+            )
+        )
+        for webhook in rows.scalars():
+            if event_type not in webhook.webhook_events:
+                continue
+            self.session.add(
+                WebhookDelivery(
+                    id=new_id(),
+                    webhook_id=webhook.id,
+                    team_id=task.team_id,
+                    task_id=task.id,
+                    event_type=event_type,
+                    payload=task_body(
+                        event_type, task.id, target.value, task.task_output, task.task_error, now
+                    ),
+                    delivery_status="pending",
+                    attempt_count=0,
+                    attempts_in_round=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+            self.session.info["webhook_outbox"] = True
+        await self.session.flush()
 
     async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> Sequence[TaskEvent]:
         result = await self.session.execute(

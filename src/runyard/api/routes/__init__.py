@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from runyard.api.routes import agents, auth, credentials, runtime, teams, workflows
+from runyard.api.routes import (
+    agents,
+    auth,
+    credentials,
+    events,
+    runtime,
+    teams,
+    webhooks,
+    workflows,
+)
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(auth.router)
@@ -11,3 +20,5 @@ api_router.include_router(credentials.router)
 api_router.include_router(workflows.router)
 api_router.include_router(runtime.router)
 api_router.include_router(agents.router)
+api_router.include_router(events.router)
+api_router.include_router(webhooks.router)

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("delivery_status", sa.String(length=20), nullable=False),
         sa.Column("attempt_count", sa.Integer(), nullable=False),
+        sa.Column("attempts_in_round", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", runyard.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", runyard.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("delivered_at", runyard.store.types.UTCDateTime(timezone=True), nullable=True),

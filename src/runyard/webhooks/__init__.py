@@ -1,0 +1,1 @@
+"""Webhook delivery: the outbox deliverer, URL safety checks, secrets at rest."""
