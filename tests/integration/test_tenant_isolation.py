@@ -10,9 +10,11 @@ the walk.
 
 * team A: owner, admin, member, viewer (session JWTs); an ``sk-`` and an ``ak-`` made by the
   owner; a ``dk-`` of an admin and one of a member (from desktop pairing); a pending
-  invitation, a workflow with snapshots, tasks and a connected agent; a revoked ``sk-``, and
-  a former admin who still holds a session and a ``dk-``;
-* team B: an owner (JWT), a member's ``dk-``, an ``sk-``, a workflow, a task and an agent.
+  invitation, a workflow with snapshots, tasks (one already cancelled) and a connected agent;
+  a webhook with deliveries; a revoked ``sk-``, and a former admin who still holds a session
+  and a ``dk-``;
+* team B: an owner (JWT), a member's ``dk-``, an ``sk-``, a workflow, a task, an agent and a
+  webhook.
 
 Every caller sends a request that would succeed if allowed, with path parameters naming
 team A's resources (``expected`` says what each must get):
@@ -23,8 +25,8 @@ team A's resources (``expected`` says what each must get):
 * roles below the route's minimum get 403, ``ak-`` gets 403, no token, a garbage token or a
   revoked key gets 401, a JWT without a valid ``X-Team-ID`` gets 400;
 * every refusal is exactly ``{"error_message": "..."}``;
-* no response to a caller outside team A contains any of A's ids, emails, names, slugs or key
-  prefixes, and no response to team A contains team B's.
+* no response to a caller outside team A contains any of A's ids, emails, names, slugs, key
+  prefixes, webhook URLs or secrets, and no response to team A contains team B's.
 
 Team A, read by its owner, must be the same before and after all of that. Only then do A's
 allowed callers make their calls (which may change A), and they must get 2xx.
@@ -211,6 +213,18 @@ async def run(account: Account, path: str, key: str) -> str:
     return task_id
 
 
+async def create_webhook(admin: Account, url: str) -> dict[str, Any]:
+    """A webhook to ``url`` (http to loopback: the walker's settings allow it, and no
+    deliverer runs, so nothing is ever sent)."""
+    body = {
+        "display_name": f"walker hook {url.rsplit('/', 1)[-1]}",
+        "webhook_url": url,
+        "webhook_events": ["task.completed", "task.failed", "task.cancelled"],
+    }
+    created: dict[str, Any] = ok(await admin.request("POST", f"{API}/webhooks", json=body))
+    return created
+
+
 async def join(admin: Account, role: str, name: str) -> Account:
     """A new user who signed up with ``admin``'s invitation (so has no team of their own)."""
     email = f"{name}-{secrets.token_hex(3)}@example.com"
@@ -290,6 +304,20 @@ async def build_world(client: httpx.AsyncClient, accounts: Accounts) -> World:
     ids["b_workflow"] = await create_workflow(b_owner, ids["b_slug"])
     ids["b_task"] = await run(b_owner, f"{API}/r/workflows/{ids['b_workflow']}/run", "b-run")
 
+    # A webhook in each team. A's has a delivery log: the cancellation of a task of A (which
+    # thus has ended, so its event stream closes at once) and a ping.
+    for t, owner in (("a", a_owner), ("b", b_owner)):
+        ids[f"{t}_webhook_url"] = f"http://127.0.0.1:9/{t}-hook-{tag}"
+        hook = await create_webhook(owner, ids[f"{t}_webhook_url"])
+        ids |= {f"{t}_webhook": hook["id"], f"{t}_webhook_secret": hook["webhook_secret"]}
+    ids["a_done_task"] = await run(a_owner, f"{API}/r/workflows/{wf}/run", f"a-done-{tag}")
+    ok(await a_owner.request("POST", f"{API}/r/tasks/{ids['a_done_task']}/cancel"))
+    ids["a_delivery"] = ok(
+        await a_owner.request("POST", f"{API}/webhooks/{ids['a_webhook']}/ping")
+    )["delivery_id"]
+    log = ok(await a_owner.request("GET", f"{API}/webhooks/{ids['a_webhook']}/deliveries"))
+    assert {d["event_type"] for d in log["delivery_list"]} == {"ping", "task.cancelled"}, log
+
     markers: dict[str, dict[str, str]] = {"A": {}, "B": {}}
     for tenant, team in (("A", a), ("B", b)):
         t = tenant.lower()
@@ -301,13 +329,24 @@ async def build_world(client: httpx.AsyncClient, accounts: Accounts) -> World:
         for cred in ok(await owner.request("GET", f"{API}/credentials"))["credentials"]:
             found[f"id of {cred['kind']} key {cred['key_prefix']}"] = cred["id"]
             found[f"{cred['kind']} key {cred['key_prefix']}"] = cred["key_prefix"]
-        for name in ("team", "team_name", "workflow", "slug", "task"):
+        for name in (
+            "team",
+            "team_name",
+            "workflow",
+            "slug",
+            "task",
+            "webhook",
+            "webhook_url",
+            "webhook_secret",
+        ):
             found[f"{t}_{name}"] = ids[f"{t}_{name}"]
     markers["A"] |= {
         "a_invitation": ids["a_invitation"],
         "invitee email": invitee,
         "a_snapshot": ids["a_snapshot"],
         "a_slug_task": ids["a_slug_task"],
+        "a_done_task": ids["a_done_task"],
+        "a_delivery": ids["a_delivery"],
     }
 
     world = World(client, a, b, outsider, ids, markers)
@@ -496,6 +535,23 @@ def run_of_a(param: str, value: str, key: str) -> Prepare:
     return prepare
 
 
+async def new_webhook_body(w: World, c: Caller, allowed: bool) -> Req:
+    return Req(json={"display_name": "walker", "webhook_url": f"http://127.0.0.1:9/{w.fresh('h')}"})
+
+
+async def webhook_to_delete(w: World, c: Caller, allowed: bool) -> Req:
+    if not allowed:
+        return Req({"webhookId": w.ids["a_webhook"]})
+    hook = await create_webhook(w.a["owner"], f"http://127.0.0.1:9/{w.fresh('doomed')}")
+    return Req({"webhookId": hook["id"]})
+
+
+async def delivery_of_a(w: World, c: Caller, allowed: bool) -> Req:
+    """Team B names its own webhook with A's delivery: the delivery must not be found."""
+    webhook = w.ids["b_webhook"] if c.tenant == "B" else w.ids["a_webhook"]
+    return Req({"webhookId": webhook, "deliveryId": w.ids["a_delivery"]})
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 
@@ -517,6 +573,7 @@ class Rule:
 M, S, R = Access.MANAGEMENT, Access.SESSION, Access.RUNTIME
 WF = {"workflowId": "a_workflow"}
 TASK = {"taskId": "a_task"}
+HOOK = {"webhookId": "a_webhook"}
 
 ROUTES: dict[tuple[str, str], Rule] = {
     # auth, user, pairing
@@ -611,6 +668,32 @@ ROUTES: dict[tuple[str, str], Rule] = {
         R, MEMBER, other_team=404, prepare=fixed(**TASK)
     ),
     ("GET", f"{API}/r/tasks/{{taskId}}/result"): Rule(R, other_team=404, prepare=fixed(**TASK)),
+    # A task that has ended: its stream replays the events and closes.
+    ("GET", f"{API}/r/tasks/{{taskId}}/events"): Rule(
+        R, other_team=404, prepare=fixed(taskId="a_done_task")
+    ),
+    # webhooks
+    ("POST", f"{API}/webhooks"): Rule(M, ADMIN, prepare=new_webhook_body),
+    ("GET", f"{API}/webhooks"): Rule(M, ADMIN),
+    ("GET", f"{API}/webhooks/{{webhookId}}"): Rule(M, ADMIN, other_team=404, prepare=fixed(**HOOK)),
+    ("PUT", f"{API}/webhooks/{{webhookId}}"): Rule(
+        M, ADMIN, other_team=404, prepare=fixed({"display_name": "walked"}, **HOOK)
+    ),
+    ("DELETE", f"{API}/webhooks/{{webhookId}}"): Rule(
+        M, ADMIN, ok=204, other_team=404, prepare=webhook_to_delete
+    ),
+    ("POST", f"{API}/webhooks/{{webhookId}}/rotate-secret"): Rule(
+        M, ADMIN, other_team=404, prepare=fixed(**HOOK)
+    ),
+    ("GET", f"{API}/webhooks/{{webhookId}}/deliveries"): Rule(
+        M, ADMIN, other_team=404, prepare=fixed(**HOOK)
+    ),
+    ("POST", f"{API}/webhooks/{{webhookId}}/deliveries/{{deliveryId}}/redeliver"): Rule(
+        M, ADMIN, other_team=404, prepare=delivery_of_a
+    ),
+    ("POST", f"{API}/webhooks/{{webhookId}}/ping"): Rule(
+        M, ADMIN, other_team=404, prepare=fixed(**HOOK)
+    ),
     # agents
     ("GET", f"{API}/agents"): Rule(M),
     ("GET", f"{API}/agents/{{agentId}}"): Rule(M, other_team=404, prepare=fixed(agentId="a_agent")),
@@ -689,7 +772,7 @@ async def state_of_a(w: World) -> dict[str, Any]:
     """Team A as its owner sees it (without key last-use times, which any use updates)."""
     owner = w.a["owner"]
     state: dict[str, Any] = {}
-    wf = w.ids["a_workflow"]
+    wf, hook = w.ids["a_workflow"], w.ids["a_webhook"]
     for path in (
         "/teams/current",
         "/members?per_page=100",
@@ -700,6 +783,9 @@ async def state_of_a(w: World) -> dict[str, Any]:
         f"/workflows/{wf}/snapshots?per_page=100",
         "/r/tasks?per_page=100",
         "/agents?per_page=100",
+        "/webhooks?per_page=100",
+        f"/webhooks/{hook}",
+        f"/webhooks/{hook}/deliveries?per_page=100",
     ):
         response = await owner.request("GET", API + path)
         body = response.json()
@@ -725,6 +811,7 @@ _TEMPLATES: dict[str, Template] = {}
 
 async def build_template(url: str, tmp_path: Path) -> Template:
     settings = test_settings(tmp_path, url)
+    settings.webhooks.allow_http_loopback = True
     db = Database(settings.database_url(), settings.database)
     try:
         ctx = await build_context(db, settings)
@@ -805,6 +892,14 @@ def db_url(db_url: str, backend: str, tmp_path: Path) -> str:
     else:
         asyncio.run(restore(db_url, tmp_path, template))
     return db_url
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Webhooks may point to http://127.0.0.1 (a hostname would need DNS, which tests lack).
+    Nothing is ever sent: without the app's lifespan no deliverer runs."""
+    settings.webhooks.allow_http_loopback = True
+    return settings
 
 
 @pytest.fixture
