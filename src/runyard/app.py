@@ -20,8 +20,10 @@ from runyard.events.bus import make_bus
 from runyard.events.hub import TASK_EVENT, EventHub
 from runyard.gateway.endpoint import router as gateway_router
 from runyard.logging import get_logger
+from runyard.objects.local import OBJECTS_PATH
 from runyard.scheduler.core import Scheduler
 from runyard.services.context import NullNotifier, ServiceContext, build_context
+from runyard.services.retention import RetentionSweeper
 from runyard.store import migrate
 from runyard.store.db import Database
 from runyard.webhooks.deliverer import WEBHOOK_OUTBOX, Deliverer
@@ -74,7 +76,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # Signed object uploads (local storage) stream to disk and check their own size.
+        if scope["type"] != "http" or scope["path"].startswith(OBJECTS_PATH):
             await self.app(scope, receive, send)
             return
         message = f"request body too large (limit {_describe_bytes(self.max_bytes)})"
@@ -130,6 +133,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             deliverer.wake()
 
         bus.subscribe(WEBHOOK_OUTBOX, wake_deliverer)
+        sweeper = RetentionSweeper(service_ctx)
 
         async def announce(info: dict[str, Any]) -> None:
             # After each commit: tell every replica's streams and deliverers what changed.
@@ -143,6 +147,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             await bus.start()
             await scheduler.start()
             await deliverer.start()
+            await sweeper.start()
             log.info(
                 "server_started",
                 database=service_ctx.db.dialect,
@@ -152,6 +157,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             yield
         finally:
             service_ctx.db.after_commit.remove(announce)
+            await sweeper.stop()
             await deliverer.stop()
             await scheduler.stop()
             await bus.stop()

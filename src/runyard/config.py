@@ -115,6 +115,43 @@ class WebhookSettings(BaseSettings):
     concurrency: int = Field(default=32, ge=1)
 
 
+class StorageSettings(BaseSettings):
+    """Object storage for input uploads and task outputs (``RUNYARD_STORAGE_*``)."""
+
+    model_config = _section("RUNYARD_STORAGE_")
+
+    #: ``local``: files under ``<data_dir>/objects``, links served by this server;
+    #: ``s3``: any S3-compatible service, links presigned by boto3.
+    backend: Literal["local", "s3"] = "local"
+    #: local: where objects live; empty means ``<data_dir>/objects``.
+    local_path: str = ""
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    #: ``path`` for MinIO and most self-hosted services; ``auto`` lets boto3 choose.
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    #: Largest file one presigned PUT takes (``POST /r/files/presign``); larger: multipart.
+    max_upload_mb: int = Field(default=500, ge=1)
+    #: Largest file a multipart upload takes.
+    max_multipart_gb: int = Field(default=100, ge=1)
+    #: Size of each part of a multipart upload but the last (S3 needs at least 5 MB).
+    multipart_part_mb: int = Field(default=100, ge=5, le=5 * 1024)
+    #: Lifetime of every signed link handed out (uploads, downloads, dispatch inputs).
+    link_ttl_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    #: Uploaded inputs are deleted this long after their upload was requested (0 = keep);
+    #: an input still named by an unfinished task is kept until the task ends.
+    input_retention_days: float = Field(default=1.0, ge=0)
+    #: Outputs are deleted this long after their task completed (0 = keep).
+    output_retention_days: float = Field(default=7.0, ge=0)
+    #: How often the retention sweeper runs.
+    sweep_interval_seconds: float = Field(default=300.0, gt=0)
+
+    def local_root(self, data_dir: Path) -> Path:
+        return Path(self.local_path) if self.local_path else data_dir / "objects"
+
+
 class EmailSettings(BaseSettings):
     model_config = _section("RUNYARD_EMAIL_")
 
@@ -134,6 +171,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     events: EventSettings = Field(default_factory=EventSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     def database_url(self) -> str:
         """The configured database URL, defaulting to SQLite in the data directory."""

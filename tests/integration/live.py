@@ -27,8 +27,8 @@ from runyard.store.db import Database
 
 FAST_SCHEDULER = {
     "heartbeat_interval_seconds": 0.2,
-    "lease_ttl_seconds": 1.0,
-    "ack_timeout_seconds": 1.0,
+    "lease_ttl_seconds": 2.0,
+    "ack_timeout_seconds": 2.0,
     "reaper_interval_seconds": 0.1,
     "sweep_interval_seconds": 0.5,
     "retry_backoff_base_seconds": 0.05,

@@ -52,7 +52,7 @@ async def test_unacknowledged_dispatch_goes_back_to_waiting(server: LiveServer) 
         agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"])
         task_id = await team.run()
         first = await agent.recv(v1.Dispatch)
-        # No ACK: after the ACK timeout (1 s here) the attempt is abandoned and retried,
+        # No ACK: after the ACK timeout (2 s here) the attempt is abandoned and retried,
         # without counting as a retry, and the agent is told to drop attempt 1.
         cancel = await agent.recv(v1.Cancel, timeout=5)
         assert (cancel.task_id, cancel.attempt) == (task_id, first.attempt)
@@ -97,7 +97,7 @@ async def test_lost_agent_is_retried_then_fails_after_max_retries(server: LiveSe
             assert dispatch.attempt == attempt
             await agent.ack(dispatch)
             await team.wait(task_id, "running")
-            await agent.close()  # vanishes; the lease (1 s) runs out
+            await agent.close()  # vanishes; the lease (2 s) runs out
             if attempt == 1:
                 retried = await team.wait(task_id, "waiting", "queued")
                 assert retried["retry_count"] == 1
@@ -221,7 +221,7 @@ async def test_agent_that_reconnects_within_its_lease_keeps_its_task(server: Liv
         assert back.welcome.keep == [ref]
         assert back.welcome.abort == []
         back.running.add((task_id, dispatch.attempt))
-        await asyncio.sleep(1.5)  # longer than the lease: renewed by the new connection
+        await asyncio.sleep(2.5)  # longer than the lease: renewed by the new connection
         assert (await team.task(task_id))["task_status"] == "running"
         await back.complete(dispatch)
         done = await team.wait(task_id, "completed")
@@ -245,7 +245,16 @@ async def test_two_gateways_never_claim_the_same_task(settings: Settings) -> Non
             for server, name in ((one, "one"), (two, "two"))
             for i in range(2)
         ]
-        task_ids = [await team.run() for _ in range(40)]
+        # Submit through both servers, as a load balancer would.
+        async with api(two) as second:
+            via_two = LiveTeam(
+                second,
+                *[
+                    getattr(team, f)
+                    for f in ("team_id", "owner_headers", "sk_headers", "agent_key", "workflow_id")
+                ],
+            )
+            task_ids = [await (team if i % 2 else via_two).run() for i in range(40)]
         seen: Counter[str] = Counter()
 
         async def serve(agent: RawAgent) -> None:

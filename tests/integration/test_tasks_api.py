@@ -27,6 +27,7 @@ from runyard.store.work import WorkRepos
 from tests.conftest import FakeClock
 from tests.fixtures.graphs import TEXT_TO_IMAGE_PARAMETERS, text_to_image, text_to_image_workflow
 from tests.integration.conftest import Account, Accounts
+from tests.integration.uploads import upload_input
 
 API = "/api/v1"
 DAY = 24 * 3600
@@ -232,6 +233,7 @@ async def test_parameter_errors_name_the_key_and_store_nothing(
     assert ok(await owner.request("GET", f"{API}/r/tasks"))["page_meta"]["total_count"] == 0
 
     # Valid values of every type go through, and land in the rendered graph.
+    photo = await upload_input(owner.client, owner.headers())
     task_id = await submit(
         owner,
         workflow_id,
@@ -239,7 +241,7 @@ async def test_parameter_errors_name_the_key_and_store_nothing(
         cfg=7.5,
         zsnr=True,
         sampler="dpmpp_2m",
-        init_image=f"{mine}0198/photo.png",
+        init_image=photo,
         width=None,  # null means "not given": the graph keeps its value
     )
     graph = (await task_row(ctx, owner.team_id, task_id)).workflow_json
@@ -247,7 +249,7 @@ async def test_parameter_errors_name_the_key_and_store_nothing(
     assert graph["3"]["inputs"]["cfg"] == 7.5
     assert graph["10"]["inputs"]["zsnr"] is True
     assert graph["3"]["inputs"]["sampler_name"] == "dpmpp_2m"
-    assert graph["11"]["inputs"]["image"] == f"{mine}0198/photo.png"
+    assert graph["11"]["inputs"]["image"] == photo
     assert graph["5"]["inputs"]["width"] == 512
     assert await count(ctx, Task) == 1
 
@@ -330,7 +332,9 @@ async def test_nerfstudio_specs_take_target_paths(accounts: Accounts, ctx: Servi
     )
     workflow_id = await import_workflow(owner, body)
 
-    scene = f"inputs/{owner.team_id}/scene.zip"
+    scene = await upload_input(
+        owner.client, owner.headers(), b"PK\x05\x06", "scene.zip", "application/zip"
+    )
     assert_error(
         await run(owner, workflow_id, {"scene": scene}, tool_type="comfyui"), 400, "tool_type"
     )

@@ -96,11 +96,35 @@ def test_settings_defaults_and_validation() -> None:
             AgentSettings(**bad)
 
 
-def test_agent_without_simulate_explains_and_exits_2() -> None:
-    result = CliRunner().invoke(app, ["agent", "--gateway", "http://h:1", "--key", "ak-x"])
-    assert result.exit_code == 2
-    assert "ComfyUI runner is not built yet" in result.output
-    assert "--simulate" in result.output
+def test_agent_check_says_when_comfyui_does_not_answer() -> None:
+    result = CliRunner().invoke(app, ["agent", "--check", "--comfyui-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1, result.output
+    assert "answers:   no" in result.output
+    assert "labels:    comfyui" in result.output
+
+
+async def test_agent_check_prints_version_devices_and_labels() -> None:
+    import asyncio
+
+    from tests.fakes.comfyui import FakeComfyUI
+
+    async with FakeComfyUI(comfyui_version="0.3.99") as comfy:
+        args = ["agent", "--check", "--labels", "sdxl"]
+        env = {"RUNYARD_AGENT_COMFYUI_URL": comfy.url}
+        result = await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "answers:   yes" in result.output
+    assert "version:   0.3.99" in result.output
+    assert "cudaMallocAsync (cuda, 23.6 GiB)" in result.output
+    assert "labels:    comfyui, gpu, sdxl" in result.output
+
+
+def test_comfyui_url_defaults_to_local_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert AgentSettings().comfyui_url == "http://127.0.0.1:8188"
+    monkeypatch.setenv("RUNYARD_AGENT_COMFYUI_URL", "http://10.0.0.2:8188")
+    assert AgentSettings().comfyui_url == "http://10.0.0.2:8188"
 
 
 @pytest.mark.parametrize(

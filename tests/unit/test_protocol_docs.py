@@ -19,8 +19,9 @@ AGENT_TYPES = {
     "complete",
     "fail",
     "cancelled",
+    "upload_request",
 }
-GATEWAY_TYPES = {"welcome", "dispatch", "cancel", "error"}
+GATEWAY_TYPES = {"welcome", "dispatch", "cancel", "error", "upload_links"}
 
 
 def examples() -> list[dict[str, object]]:

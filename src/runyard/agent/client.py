@@ -22,10 +22,12 @@ import logging
 import os
 import platform
 import random
+import secrets
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from runyard import __version__
+from runyard.agent import transfer
 from runyard.logging import get_logger
 from runyard.protocol import v1
 
@@ -51,6 +54,10 @@ _WS_LOGGER.setLevel(logging.INFO)
 AttemptKey = tuple[str, int]
 CancelKind = Literal["cancel", "abort", "shutdown"]
 _RANK: dict[CancelKind, int] = {"shutdown": 0, "cancel": 1, "abort": 2}
+
+
+class UploadError(Exception):
+    """Output upload links could not be had, or an upload failed (the message says why)."""
 
 
 class AgentReplaced(Exception):
@@ -231,6 +238,50 @@ class Reporter:
         """Cut the gateway connection without a close frame (simulating a network loss)."""
         await self._client.drop_connection()
 
+    @property
+    def uploads_supported(self) -> bool:
+        """The gateway hands out output upload links (it said so in ``welcome``)."""
+        welcome = self._client.welcome
+        return welcome is not None and welcome.uploads
+
+    async def upload_links(
+        self, files: Sequence[v1.UploadFile], *, timeout: float = 30.0
+    ) -> list[v1.UploadLink]:
+        """Signed upload links for this attempt's outputs (``upload_request``); raises
+        :class:`UploadError` if the gateway refuses (bad name, stale attempt) or is silent."""
+        if self._done or self._cancel_kind is not None:
+            raise UploadError("the attempt is stopping")
+        return await self._client._request_upload_links(self, files, timeout)
+
+    async def upload(
+        self,
+        name: str,
+        source: bytes | Path,
+        content_type: str = "application/octet-stream",
+        *,
+        node_id: str = "",
+        kind: str = "files",
+    ) -> dict[str, Any]:
+        """Upload one output; returns its entry for the ``complete`` manifest."""
+        if isinstance(source, bytes):
+            size = len(source)
+        else:
+            size = (await asyncio.to_thread(source.stat)).st_size
+        spec = v1.UploadFile(name=name, content_type=content_type, size=size)
+        (link,) = await self.upload_links([spec])
+        try:
+            await transfer.put(link, source)
+        except transfer.TransferError as exc:
+            raise UploadError(str(exc)) from exc
+        return {
+            "node_id": node_id,
+            "kind": kind,
+            "file_name": name.rsplit("/", 1)[-1],
+            "content_type": content_type,
+            "size": size,
+            "storage_key": link.key,
+        }
+
     async def _finish(self, frame: v1.Frame) -> None:
         if self._done:
             return
@@ -321,6 +372,7 @@ class GatewayClient:
         self._log = get_logger("runyard.agent")
 
         self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._upload_waiters: dict[str, asyncio.Future[v1.UploadLinks]] = {}
         self._recent: dict[AttemptKey, tuple[v1.Frame, float]] = {}
         self._resend: dict[AttemptKey, v1.Frame] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -659,6 +711,10 @@ class GatewayClient:
             await self._on_dispatch(frame)
         elif isinstance(frame, v1.Cancel):
             self._on_cancel(frame)
+        elif isinstance(frame, v1.UploadLinks):
+            waiter = self._upload_waiters.pop(frame.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frame)
         elif isinstance(frame, v1.Error):
             self._log.warning("gateway_error", message=frame.message)
         else:
@@ -721,6 +777,56 @@ class GatewayClient:
             "attempt_cancel", task_id=cancel.task_id, attempt=cancel.attempt, reason=cancel.reason
         )
         self._request_cancel(att, "cancel", cancel.reason)
+
+    async def _request_upload_links(
+        self, reporter: Reporter, files: Sequence[v1.UploadFile], timeout: float
+    ) -> list[v1.UploadLink]:
+        """Ask until answered, the attempt is cancelled, or ``timeout`` passes; a request
+        lost with a dropped connection is asked again on the next one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        cancelled: asyncio.Future[Any] = asyncio.ensure_future(reporter.wait_cancel_requested())
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                request_id = secrets.token_hex(8)
+                waiter: asyncio.Future[v1.UploadLinks] = loop.create_future()
+                self._upload_waiters[request_id] = waiter
+                frame = v1.UploadRequest(
+                    task_id=reporter.task_id,
+                    attempt=reporter.attempt,
+                    request_id=request_id,
+                    files=list(files),
+                )
+                try:
+                    if not await self._send_now(frame):
+                        connected: asyncio.Future[Any] = asyncio.ensure_future(
+                            self._connected.wait()
+                        )
+                        await asyncio.wait(
+                            {connected, cancelled},
+                            timeout=min(remaining, 1.0),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        connected.cancel()
+                    else:
+                        answered: set[asyncio.Future[Any]] = {waiter, cancelled}
+                        await asyncio.wait(
+                            answered,
+                            timeout=min(remaining, 5.0),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                finally:
+                    self._upload_waiters.pop(request_id, None)
+                if cancelled.done():
+                    raise UploadError("the attempt was cancelled")
+                if waiter.done():
+                    reply = waiter.result()
+                    if reply.error:
+                        raise UploadError(f"the gateway refused the upload: {reply.error}")
+                    return reply.links
+            raise UploadError(f"no upload links from the gateway within {timeout:g} s")
+        finally:
+            cancelled.cancel()
 
     # -- attempts --------------------------------------------------------------------------
 

@@ -53,6 +53,10 @@ class AgentSettings(BaseSettings):
     capacity: int = Field(default=1, ge=1, le=256)
     #: Seconds to let running attempts finish on SIGTERM before they are handed back.
     grace_seconds: float = Field(default=30.0, ge=0)
+    #: The ComfyUI this agent drives (on this machine: ComfyUI has no authentication).
+    comfyui_url: str = "http://127.0.0.1:8188"
+    #: Where inputs and outputs are staged while an attempt runs (empty: the system temp dir).
+    work_dir: str = ""
     #: Run the protocol-level simulated worker instead of driving ComfyUI.
     simulate: bool = False
     behaviour: Behaviour = "succeed"

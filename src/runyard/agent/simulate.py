@@ -4,7 +4,9 @@ Each attempt behaves as the dispatch's ``parameters["simulate"]`` says, or as th
 default behaviour:
 
 - ``succeed``: ack, a log line, a few progress ticks over ``run_seconds``, then ``complete``
-  with ``{"outputs": [...], "simulated": true}``;
+  with ``{"outputs": [...], "simulated": true}``. Against a gateway that hands out upload
+  links, the attempt first downloads every input of the dispatch (``inputs``) and uploads one
+  small text output through a signed link, which its manifest lists;
 - ``fail`` / ``fail-permanent``: the same, then ``fail`` (retryable / not retryable);
 - ``stall``: ack, then nothing: the attempt stays in heartbeats until cancelled;
 - ``disconnect``: ack, cut the WebSocket without a close frame, then carry on as ``succeed``
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal, get_args
 
-from runyard.agent.client import Reporter, Runner
+from runyard.agent import transfer
+from runyard.agent.client import Reporter, Runner, UploadError
 from runyard.protocol.v1 import Dispatch
 
 Behaviour = Literal["succeed", "fail", "fail-permanent", "stall", "disconnect", "slow", "no-ack"]
@@ -29,9 +32,26 @@ BEHAVIOURS: tuple[str, ...] = get_args(Behaviour)
 
 
 def simulated_manifest(task_id: str, attempt: int) -> dict[str, Any]:
+    """The manifest of a run whose gateway hands out no upload links (nothing uploaded)."""
     name = f"simulated-{task_id}-{attempt}.txt"
     output = {"node_id": "simulated", "kind": "text", "filename": name, "text": "simulated"}
     return {"outputs": [output], "simulated": True}
+
+
+def simulated_output(task_id: str, attempt: int) -> tuple[str, bytes]:
+    """The small file a simulated attempt uploads: its name and bytes."""
+    name = f"simulated-{task_id}-{attempt}.txt"
+    return name, f"simulated output of task {task_id}, attempt {attempt}\n".encode()
+
+
+async def upload_simulated_output(dispatch: Dispatch, reporter: Reporter) -> dict[str, Any]:
+    """Fetch the dispatch's inputs, upload one output; the manifest to complete with."""
+    for param, url in sorted(dispatch.inputs.items()):
+        size = await transfer.download(url)
+        await reporter.log(f"input {param}: {size} bytes")
+    name, data = simulated_output(dispatch.task_id, dispatch.attempt)
+    entry = await reporter.upload(name, data, "text/plain", node_id="simulated", kind="text")
+    return {"outputs": [entry], "simulated": True}
 
 
 class SimulatedRunner(Runner):
@@ -108,8 +128,18 @@ class SimulatedRunner(Runner):
             await reporter.fail("simulated failure", retryable=True)
         elif behaviour == "fail-permanent":
             await reporter.fail("simulated permanent failure", retryable=False)
-        else:
+        elif not reporter.uploads_supported:
             await reporter.complete(simulated_manifest(dispatch.task_id, dispatch.attempt))
+        else:
+            try:
+                manifest = await upload_simulated_output(dispatch, reporter)
+            except (UploadError, transfer.TransferError) as exc:
+                if reporter.cancel_requested:
+                    await reporter.cancelled()
+                else:
+                    await reporter.fail(f"simulated output upload failed: {exc}", retryable=True)
+                return
+            await reporter.complete(manifest)
 
 
 async def _sleep_or_cancel(cancel: asyncio.Event, seconds: float) -> bool:

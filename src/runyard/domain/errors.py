@@ -38,3 +38,13 @@ class Conflict(RunyardError):
 
 class Gone(RunyardError):
     status_code = 410
+
+
+class PreconditionFailed(RunyardError):
+    """A conditional request failed (an upload would overwrite an existing object)."""
+
+    status_code = 412
+
+
+class PayloadTooLarge(RunyardError):
+    status_code = 413

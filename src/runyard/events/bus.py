@@ -3,7 +3,9 @@
 On SQLite (one server process) messages go straight to the local subscribers. On PostgreSQL
 they travel through ``NOTIFY`` so every replica hears them (its own included); receivers
 re-read the rows they care about, so a lost message costs latency, never correctness (each
-subscriber also has a periodic sweep).
+subscriber also has a periodic sweep). If the listening connection drops (a database restart,
+a failover), it is opened again and ``on_resync`` callbacks run: messages sent meanwhile were
+not heard.
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ class Bus:
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resync: list[Callable[[], None]] = []
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         self._handlers[channel].append(handler)
+
+    def on_resync(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when messages may have been lost (the bus reconnected)."""
+        self._resync.append(callback)
 
     async def publish(self, channel: str, payload: str) -> None:
         self._deliver(channel, payload)
@@ -65,27 +72,77 @@ class PostgresBus(Bus):
         super().__init__()
         self._db = db
         self._listener: Any = None
+        self._stopping = False
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._listen()
+
+    async def _listen(self) -> None:
         import asyncpg
 
         url = self._db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._listener = await asyncpg.connect(url)
-        for channel in list(self._handlers):
-            await self._listener.add_listener(CHANNEL_PREFIX + channel, self._on_notify)
+        listener = await asyncpg.connect(url)
+        try:
+            for channel in list(self._handlers):
+                await listener.add_listener(CHANNEL_PREFIX + channel, self._on_notify)
+        except BaseException:
+            await listener.close()
+            raise
+        listener.add_termination_listener(self._on_lost)
+        self._listener = listener
+
+    def _on_lost(self, _conn: Any) -> None:
+        """The listening connection closed (database restart, failover, killed backend):
+        without it this replica would hear nothing more, so connect again."""
+        self._listener = None
+        if self._stopping or self._reconnecting is not None:
+            return
+        log.warning("bus_listener_lost")
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        try:
+            while not self._stopping:
+                try:
+                    await self._listen()
+                except Exception as exc:
+                    log.warning("bus_listener_reconnect_failed", error=type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                log.info("bus_listener_reconnected")
+                for callback in self._resync:  # what was sent meanwhile was not heard
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("bus_resync_failed")
+                return
+        finally:
+            self._reconnecting = None
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         self._deliver(channel.removeprefix(CHANNEL_PREFIX), payload)
 
     async def publish(self, channel: str, payload: str) -> None:
-        async with self._db.engine.connect() as conn:
-            await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL_PREFIX + channel, "payload": payload},
-            )
-            await conn.commit()
+        # Called after a commit: a failure here must not make the committed write look failed
+        # to its caller. Receivers sweep periodically, so a lost message only costs latency.
+        try:
+            async with self._db.engine.connect() as conn:
+                await conn.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": CHANNEL_PREFIX + channel, "payload": payload},
+                )
+                await conn.commit()
+        except Exception:
+            log.exception("bus_publish_failed", channel=channel)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            await asyncio.gather(self._reconnecting, return_exceptions=True)
         if self._listener is not None:
             await self._listener.close()
             self._listener = None

@@ -72,6 +72,7 @@ async def agent_socket(websocket: WebSocket) -> None:
             lease_ttl=settings.lease_ttl_seconds,
             keep=keep,
             abort=abort,
+            uploads=True,
         )
     )
     writer = asyncio.create_task(_write(websocket, conn))

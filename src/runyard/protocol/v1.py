@@ -131,8 +131,34 @@ class Cancelled(AttemptRef):
     type: Literal["cancelled"] = "cancelled"
 
 
+class UploadFile(Frame):
+    """An output the attempt wants to upload: a relative name, its type and exact size."""
+
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    content_type: Annotated[str, Field(min_length=1, max_length=255)] = "application/octet-stream"
+    size: Annotated[int, Field(ge=0)]
+
+
+class UploadRequest(AttemptRef):
+    """Ask for signed upload links, one per output (answered by ``upload_links``)."""
+
+    type: Literal["upload_request"] = "upload_request"
+    #: Echoed in the answer, so an agent can match answers to requests.
+    request_id: Annotated[str, Field(max_length=100)] = ""
+    files: Annotated[list[UploadFile], Field(min_length=1, max_length=1000)]
+
+
 AgentFrame = Annotated[
-    Hello | Heartbeat | StatusUpdate | Ack | Progress | Log | Complete | Fail | Cancelled,
+    Hello
+    | Heartbeat
+    | StatusUpdate
+    | Ack
+    | Progress
+    | Log
+    | Complete
+    | Fail
+    | Cancelled
+    | UploadRequest,
     Field(discriminator="type"),
 ]
 
@@ -149,6 +175,8 @@ class Welcome(Frame):
     #: Of the attempts reported in ``hello``: those to keep running, those to abort.
     keep: list[AttemptRef] = []
     abort: list[AttemptRef] = []
+    #: The gateway answers ``upload_request`` (output uploads through signed links).
+    uploads: bool = False
 
 
 class Dispatch(AttemptRef):
@@ -160,13 +188,32 @@ class Dispatch(AttemptRef):
     parameters: dict[str, Any] = {}
     #: Seconds the attempt may run after its ACK; 0 = no limit.
     timeout: int = 0
-    #: Signed download links for ``file`` parameters: parameter key → URL (storage issue).
+    #: Signed download links for ``file`` parameters: parameter key → URL.
     inputs: dict[str, str] = {}
 
 
 class Cancel(AttemptRef):
     type: Literal["cancel"] = "cancel"
     reason: str = "cancelled"
+
+
+class UploadLink(Frame):
+    """Where to ``PUT`` one output: send exactly ``headers`` (they are signed)."""
+
+    name: str
+    key: str
+    url: str
+    headers: dict[str, str] = {}
+    expires_at: str | None = None
+
+
+class UploadLinks(AttemptRef):
+    """The answer to ``upload_request``: one link per file, or ``error`` and no links."""
+
+    type: Literal["upload_links"] = "upload_links"
+    request_id: str = ""
+    links: list[UploadLink] = []
+    error: str | None = None
 
 
 class Error(Frame):
@@ -176,7 +223,9 @@ class Error(Frame):
     message: str
 
 
-GatewayFrame = Annotated[Welcome | Dispatch | Cancel | Error, Field(discriminator="type")]
+GatewayFrame = Annotated[
+    Welcome | Dispatch | Cancel | Error | UploadLinks, Field(discriminator="type")
+]
 
 _agent_frames: TypeAdapter[Any] = TypeAdapter(AgentFrame)
 _gateway_frames: TypeAdapter[Any] = TypeAdapter(GatewayFrame)

@@ -36,6 +36,7 @@ from runyard.gateway.connection import AgentConnection, AttemptState
 from runyard.logging import get_logger
 from runyard.protocol import v1
 from runyard.scheduler.index import WaitingIndex, WaitingTask
+from runyard.services import files
 from runyard.services.context import ServiceContext
 from runyard.store.agents import AgentRepos
 from runyard.store.tables import Agent, Task, TaskAttempt
@@ -247,6 +248,9 @@ class Scheduler:
                 parameters=task.parameters,
                 timeout=task.task_timeout,
             )
+        inputs = await files.dispatch_inputs(self.ctx, task)
+        if inputs:
+            frame = frame.model_copy(update={"inputs": inputs})
         conn.attempts[(frame.task_id, attempt)] = AttemptState(frame.task_id, attempt)
         conn.send(frame)
         log.info("task_dispatched", task_id=frame.task_id, attempt=attempt, agent_id=conn.agent_id)
@@ -380,6 +384,8 @@ class Scheduler:
             )
         elif isinstance(frame, v1.Cancelled):
             await self._cancelled(conn, frame)
+        elif isinstance(frame, v1.UploadRequest):
+            await self._upload_request(conn, frame)
         elif isinstance(frame, v1.Hello):
             conn.send(v1.Error(message="hello was already received"))
 
@@ -532,6 +538,8 @@ class Scheduler:
 
     async def _complete(self, conn: AgentConnection, frame: v1.Complete) -> None:
         await self._flush_progress(conn, frame)
+        # Checked against this attempt's upload links and storage; attached only if it wins.
+        prepared = await files.prepare_outputs(self.ctx, frame)
         now = self.ctx.now()
         async with self.ctx.db.write() as session:
             repos = WorkRepos(session)
@@ -550,10 +558,11 @@ class Scheduler:
                 task,
                 TaskStatus.COMPLETED,
                 now,
-                task_output=frame.output,
+                task_output=prepared.task_output,
                 lease_expires_at=None,
                 deadline_at=None,
             )
+            await files.attach_outputs(session, frame, prepared)
             agents = AgentRepos(session)
             attempt = await agents.attempt(frame.task_id, frame.attempt)
             if attempt is not None:
@@ -563,6 +572,21 @@ class Scheduler:
         conn.attempts.pop((frame.task_id, frame.attempt), None)
         log.info("task_completed", task_id=frame.task_id, attempt=frame.attempt)
         self.wake()
+
+    async def _upload_request(self, conn: AgentConnection, frame: v1.UploadRequest) -> None:
+        """Upload links for the outputs of the task's current attempt, and no other."""
+        if (frame.task_id, frame.attempt) not in conn.attempts:
+            self._refuse_stale(conn, frame, "stale attempt")
+            return
+        async with self.ctx.db.read() as session:
+            task = await session.get(Task, frame.task_id)
+        if not self._owns(conn, task, frame) or task is None:
+            self._refuse_stale(conn, frame, "stale attempt")
+            return
+        if task.task_status not in (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value):
+            self._refuse_stale(conn, frame, f"task is {task.task_status}")
+            return
+        conn.send(await files.output_links(self.ctx, frame))
 
     async def _cancelled(self, conn: AgentConnection, frame: v1.Cancelled) -> None:
         state = conn.attempts.pop((frame.task_id, frame.attempt), None)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from runyard.config import Settings
+from runyard.objects import ObjectStore, make_object_store
 from runyard.security.passwords import Passwords
 from runyard.security.tokens import TokenSigner
 from runyard.store.db import Database
@@ -51,6 +52,8 @@ class ServiceContext:
     notifier: Notifier = field(default_factory=NullNotifier)
     #: Encrypts webhook secrets at rest (set by ``build_context``).
     secret_box: SecretBox | None = None
+    #: Object storage for inputs and outputs (set by ``build_context``).
+    objects: ObjectStore | None = None
 
 
 async def load_secret(db: Database, settings: Settings) -> str:
@@ -73,4 +76,5 @@ async def build_context(
         signer=TokenSigner(secret),
         now=now,
         secret_box=SecretBox(secret),
+        objects=make_object_store(settings, secret, now),
     )

@@ -263,10 +263,20 @@ class Bootstrap:
     api_key: str
     created_user: bool
     created_team: bool
+    #: Minted only when asked for (``runyard up`` runs a local agent with it).
+    agent_key: str | None = None
 
 
-async def bootstrap(ctx: ServiceContext, email: str, password: str, team_name: str) -> Bootstrap:
-    """Make ``email`` the owner of a team called ``team_name`` and mint an ``sk-`` key.
+async def bootstrap(
+    ctx: ServiceContext,
+    email: str,
+    password: str,
+    team_name: str,
+    *,
+    with_agent_key: bool = False,
+) -> Bootstrap:
+    """Make ``email`` the owner of a team called ``team_name`` and mint an ``sk-`` key (and,
+    ``with_agent_key``, an ``ak-`` key).
 
     Runs again safely: an existing user (same password) and their team of that name are reused.
     """
@@ -297,4 +307,21 @@ async def bootstrap(ctx: ServiceContext, email: str, password: str, team_name: s
             display_name="bootstrap",
             now=now,
         )
-    return Bootstrap(user.id, team.id, issued.raw_key, created_user, not owned)
+        agent = None
+        if with_agent_key:
+            agent = await _mint(
+                repos,
+                team_id=team.id,
+                user_id=user.id,
+                kind=CredentialKind.AGENT,
+                display_name="bootstrap agent",
+                now=now,
+            )
+    return Bootstrap(
+        user.id,
+        team.id,
+        issued.raw_key,
+        created_user,
+        not owned,
+        agent.raw_key if agent is not None else None,
+    )

@@ -16,8 +16,9 @@ from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
 from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
-from runyard.domain.workflows import WorkflowStatus, render, resolve_values
-from runyard.services import workflows
+from runyard.domain.workflows import ParamType, WorkflowStatus, render, resolve_values
+from runyard.objects.keys import input_prefix
+from runyard.services import files, workflows
 from runyard.services.auth import CallerKind, TeamScope
 from runyard.services.context import ServiceContext
 from runyard.store.repos import Page
@@ -39,16 +40,7 @@ class RunRequest:
 
 def input_file_prefix(team_id: str) -> str:
     """Where a team's uploaded inputs live in object storage."""
-    return f"inputs/{team_id}/"
-
-
-def is_team_input(team_id: str, key: str) -> bool:
-    """``key`` names a file under this team's input prefix, with no ``..`` to climb out of it."""
-    prefix = input_file_prefix(team_id)
-    if not key.startswith(prefix):
-        return False
-    parts = key[len(prefix) :].split("/")
-    return all(part not in ("", ".", "..") for part in parts) and "\\" not in key
+    return input_prefix(team_id)
 
 
 def _request_hash(target: str, request: RunRequest) -> str:
@@ -95,8 +87,15 @@ async def submit(
     resolved = resolve_values(
         spec.parameters,
         request.parameters,
-        is_team_file=lambda key: is_team_input(scope.team_id, key),
+        is_team_file=lambda key: files.is_team_input(scope.team_id, key),
     )
+    # File parameters (defaults included) must name uploaded inputs of this team.
+    file_inputs = {
+        d.key: resolved[d.key]
+        for d in spec.parameters
+        if d.type is ParamType.FILE and d.key in resolved
+    }
+    await files.check_inputs(ctx, scope.team_id, file_inputs)
     rendered = render(spec.tool_type, spec.workflow_json, spec.parameters, resolved)
 
     now = ctx.now()
@@ -133,6 +132,7 @@ async def submit(
         async with ctx.db.write() as session:
             repos = WorkRepos(session)
             await repos.add(task)
+            await files.record_task_inputs(session, task.id, file_inputs)
             await repos.add_event(
                 task,
                 "status",

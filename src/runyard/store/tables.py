@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -401,3 +402,62 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# -- object storage (inputs and outputs) ---------------------------------------------------
+
+
+class StoredFile(Base):
+    """An input file a team uploads (``POST /r/files/presign`` or a multipart upload)."""
+
+    __tablename__ = "files"
+
+    file_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ID, ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    file_name: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When the retention sweeper deletes it (None: kept).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    #: Set once the object was seen in storage with the declared size.
+    uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The backend's id of a multipart upload in progress, and its part size.
+    multipart_upload_id: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    part_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class TaskInput(Base):
+    """Which uploaded file each ``file`` parameter of a task names (signed into dispatches)."""
+
+    __tablename__ = "task_inputs"
+
+    task_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    param_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    file_key: Mapped[str] = mapped_column(String(1024), index=True)
+
+
+class TaskOutput(Base):
+    """A file an attempt was given an upload link for. Only the attempt that completed the
+    task gets ``position`` (its place in ``task_output.outputs``); the others are orphans."""
+
+    __tablename__ = "task_outputs"
+    __table_args__ = (Index(None, "task_id", "position"),)
+
+    task_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    storage_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Index in the completed task's outputs; None for files not (or not yet) attached.
+    position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    node_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    #: Set when retention removed the object.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -7,11 +7,13 @@ from runyard.api.routes import (
     auth,
     credentials,
     events,
+    files,
     runtime,
     teams,
     webhooks,
     workflows,
 )
+from runyard.objects import http as objects_http
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(auth.router)
@@ -22,3 +24,5 @@ api_router.include_router(runtime.router)
 api_router.include_router(agents.router)
 api_router.include_router(events.router)
 api_router.include_router(webhooks.router)
+api_router.include_router(files.router)
+api_router.include_router(objects_http.router)

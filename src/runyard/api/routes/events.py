@@ -20,9 +20,11 @@ router = APIRouter(prefix="/r", tags=["task"])
 def _sequence(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
-    if not value.strip().isdigit():
+    value = value.strip()
+    # ASCII digits only: ``str.isdigit`` also accepts "²", which ``int`` then refuses.
+    if not (value.isascii() and value.isdigit()):
         raise BadRequest(f"{name} must be an event sequence number (a non-negative integer)")
-    return int(value.strip())
+    return int(value)
 
 
 @router.get(

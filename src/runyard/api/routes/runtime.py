@@ -22,7 +22,7 @@ from runyard.api.work_schemas import (
 )
 from runyard.domain.errors import BadRequest
 from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
-from runyard.services import tasks, workflows
+from runyard.services import files, tasks, workflows
 from runyard.services.auth import CallerKind, TeamScope
 from runyard.services.tasks import RunRequest
 from runyard.store.tables import Task
@@ -211,14 +211,14 @@ async def cancel_task(ctx: Ctx, scope: RuntimeScope, taskId: TaskId) -> SuccessR
 async def get_result(ctx: Ctx, scope: RuntimeScope, taskId: TaskId) -> TaskResult:
     """Outputs of a completed task or the error of a failed one; nulls while it runs."""
     task = await tasks.get_task(ctx, scope, str(taskId))
-    status = TaskStatus(task.task_status)
+    links = await files.result(ctx, task)  # fresh signed links on every call
     return TaskResult(
         id=task.id,
-        task_status=status,
-        task_output=task.task_output if status is TaskStatus.COMPLETED else None,
-        download_url=None,
-        download_urls=None,
-        expires_at=None,
+        task_status=TaskStatus(task.task_status),
+        task_output=links.task_output,
+        download_url=links.download_url,
+        download_urls=links.download_urls,
+        expires_at=links.expires_at,
         task_error=task.task_error,
         completed_at=task.completed_at,
     )

@@ -1,0 +1,761 @@
+"""Dispatch benchmark: a real ``runyard server`` process, protocol-level agents, HTTP clients.
+
+    .venv/bin/python bench/dispatch.py --db sqlite|postgresql [--pg-url URL] [--quick]
+
+Prints the machine and three figures (targets from issue 4; recorded, never asserted):
+
+1. submit → dispatch latency p50/p99 with one idle agent: from sending ``POST …/run`` to the
+   ``dispatch`` frame arriving at the agent, one task at a time (target on SQLite: p50 ≤ 5 ms,
+   p99 ≤ 25 ms);
+2. whole-lifecycle throughput with 50 agents of capacity 1 that ack and complete at once:
+   tasks/s from the first submit to the last completion seen by the server (target ≥ 500/s);
+3. the latency of (1) again with 10,000 waiting tasks that no agent can match (ten label sets
+   the agents lack, same team), against a control measured after a restart without them
+   (target: the backlog changes the per-dispatch cost by less than 20 %).
+
+The backlog of (3) is inserted through the service layer (``runyard.services.tasks.submit``)
+while the server is stopped; the restarted server loads it like any other waiting work.
+``--profile FILE`` samples the server with py-spy (``--gil``: where its CPU goes) during (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: A one-node API-format graph: rendering stays out of the figures.
+NOOP_GRAPH = {"1": {"class_type": "Noop", "inputs": {}}}
+#: Label sets of the unmatched backlog: the agents have ``gpu`` only.
+UNMATCHED_LABEL_SETS = 10
+PASSWORD = "bench-password-1"
+
+
+@dataclass(frozen=True)
+class Plan:
+    latency_samples: int
+    throughput_tasks: int
+    throughput_agents: int = 50
+    submitters: int = 16
+    backlog: int = 10_000
+    warmup: int = 10
+
+
+FULL = Plan(latency_samples=300, throughput_tasks=2000)
+QUICK = Plan(latency_samples=50, throughput_tasks=300)
+
+
+# -- the server process ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``python -m runyard.cli.main server`` on a free port, as an operator starts it."""
+
+    def __init__(self, db_url: str, data_dir: Path, env: dict[str, str]) -> None:
+        self.db_url = db_url
+        self.data_dir = data_dir
+        self.env = env
+        self.log_path = data_dir.parent / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+        env.update(self.env, RUNYARD_DATABASE_URL=self.db_url)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "runyard.cli.main",
+                    "server",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not become ready; log:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/api/v1/agent/ws"
+
+
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {
+        "RUNYARD_LOGGER_LEVEL": "warn",
+        "RUNYARD_LOGGER_FORMAT": "json",
+        # Password hashing only matters for the setup logins; keep it cheap.
+        "RUNYARD_AUTH_ARGON2_TIME_COST": "1",
+        "RUNYARD_AUTH_ARGON2_MEMORY_COST_KIB": "64",
+        "RUNYARD_AUTH_ARGON2_PARALLELISM": "1",
+    }
+    if args.db == "sqlite":
+        env["RUNYARD_DATABASE_SQLITE_SYNCHRONOUS"] = args.sqlite_synchronous
+    return env
+
+
+# -- databases ---------------------------------------------------------------------------------
+
+
+async def create_pg_database(admin_url: str) -> tuple[str, str, str]:
+    """A fresh database next to ``admin_url``'s → (its name, its URL, the server version)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    name = f"runyard_bench_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        version = str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return name, url, version
+
+
+async def drop_pg_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# -- a protocol-level agent --------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Completions sent by all agents; ``reached`` fires at ``target``."""
+
+    count: int = 0
+    target: int = 0
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self) -> None:
+        self.count += 1
+        if self.target and self.count >= self.target:
+            self.reached.set()
+
+
+class BenchAgent:
+    """Speaks protocol v1 frame by frame (raw JSON): ``ack`` and ``complete`` every dispatch
+    at once, heartbeat every interval, and note when each dispatch frame arrived."""
+
+    def __init__(self, ws_url: str, key: str, agent_id: str, tally: Tally) -> None:
+        self.ws_url = ws_url
+        self.key = key
+        self.agent_id = agent_id
+        self.tally = tally
+        self.arrivals: dict[str, float] = {}
+        self.running: set[tuple[str, int]] = set()
+        self._arrived = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        ws = await connect(self.ws_url, additional_headers={"Authorization": f"Bearer {self.key}"})
+        hello = {"type": "hello", "protocol": 1, "agent_id": self.agent_id, "labels": ["gpu"]}
+        hello |= {"capacity": 1, "pools": ["team"], "agent_version": "bench", "status": "idle"}
+        await ws.send(json.dumps(hello))
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if welcome.get("type") != "welcome":
+            raise RuntimeError(f"expected welcome, got {welcome}")
+        self._ws = ws
+        self._tasks = [
+            asyncio.create_task(self._read(ws)),
+            asyncio.create_task(self._beat(ws, float(welcome["heartbeat_interval"]))),
+        ]
+
+    async def _read(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                arrived = time.perf_counter()
+                frame = json.loads(raw)
+                if frame["type"] != "dispatch":
+                    continue
+                task_id, attempt = frame["task_id"], frame["attempt"]
+                self.arrivals[task_id] = arrived
+                self._arrived.set()
+                ref = {"task_id": task_id, "attempt": attempt}
+                self.running.add((task_id, attempt))
+                await ws.send(json.dumps({"type": "ack", **ref}))
+                self.running.discard((task_id, attempt))
+                await ws.send(json.dumps({"type": "complete", **ref, "output": {}}))
+                self.tally.add()
+
+    async def _beat(self, ws: ClientConnection, interval: float) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                running = [{"task_id": t, "attempt": a} for t, a in self.running]
+                await ws.send(json.dumps({"type": "heartbeat", "running": running}))
+
+    async def dispatched(self, task_id: str, timeout: float = 30.0) -> float:
+        """When the dispatch frame of this task arrived (``perf_counter`` seconds)."""
+        async with asyncio.timeout(timeout):
+            while task_id not in self.arrivals:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.arrivals.pop(task_id)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+
+# -- the team, over HTTP -----------------------------------------------------------------------
+
+
+@dataclass
+class Team:
+    team_id: str
+    owner: dict[str, str]
+    runtime: dict[str, str]
+    agent_key: str
+    integration_key_id: str
+    workflows: dict[str, str] = field(default_factory=dict)
+
+
+async def setup_team(client: httpx.AsyncClient) -> Team:
+    email = f"bench-{secrets.token_hex(4)}@example.com"
+    creds = {"email_address": email, "user_password": PASSWORD}
+    (await client.post("/auth/register", json=creds)).raise_for_status()
+    login = await client.post("/auth/login", json=creds)
+    login.raise_for_status()
+    jwt = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    me = await client.get("/users/me", headers=jwt)
+    me.raise_for_status()
+    team_id = me.json()["team_list"][0]["id"]
+    owner = {**jwt, "X-Team-ID": team_id}
+
+    async def key(kind: str) -> dict[str, Any]:
+        response = await client.post(
+            "/credentials", headers=owner, json={"kind": kind, "display_name": f"bench {kind}"}
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    sk, ak = await key("integration"), await key("agent")
+    team = Team(
+        team_id, owner, {"Authorization": f"Bearer {sk['raw_key']}"}, ak["raw_key"], sk["id"]
+    )
+    specs = {"bench-latency": ["gpu"], "bench-throughput": ["gpu"]}
+    for n in range(UNMATCHED_LABEL_SETS):
+        specs[f"bench-unmatched-{n}"] = ["gpu", f"unobtainium-{n}"]
+    for slug, labels in specs.items():
+        response = await client.post(
+            "/workflows/import",
+            headers=owner,
+            json={
+                "workflow_slug": slug,
+                "display_name": slug,
+                "workflow_json": NOOP_GRAPH,
+                "required_labels": labels,
+            },
+        )
+        response.raise_for_status()
+        team.workflows[slug] = response.json()["id"]
+    return team
+
+
+async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
+    response = await client.post(f"/r/workflows/slug/{slug}/run", headers=team.runtime, json={})
+    if response.status_code != 202:
+        raise RuntimeError(f"run refused: {response.status_code} {response.text}")
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+async def count_tasks(
+    client: httpx.AsyncClient, team: Team, status: str, workflow_id: str | None = None
+) -> int:
+    params = {"status": status, "per_page": "1"}
+    if workflow_id is not None:
+        params["workflow_id"] = workflow_id
+    response = await client.get("/r/tasks", headers=team.runtime, params=params)
+    response.raise_for_status()
+    return int(response.json()["page_meta"]["total_count"])
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[bool]], timeout: float, what: str, pause: float = 0.02
+) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not await probe():  # noqa: ASYNC110 (polls the server over HTTP)
+                await asyncio.sleep(pause)
+    except TimeoutError:
+        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+# -- the figures -------------------------------------------------------------------------------
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Latency:
+    samples: list[float]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.samples, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.samples, 99)
+
+    @property
+    def worst(self) -> float:
+        return max(self.samples)
+
+
+async def measure_latency(
+    client: httpx.AsyncClient, team: Team, server: ServerProcess, samples: int, warmup: int
+) -> Latency:
+    """One idle agent; one task at a time; the agent is idle again before the next submit."""
+    agent = BenchAgent(server.ws_url, team.agent_key, "bench-latency", Tally())
+    await agent.start()
+    workflow_id = team.workflows["bench-latency"]
+    done_before = await count_tasks(client, team, "completed", workflow_id)
+    taken: list[float] = []
+    try:
+        for n in range(warmup + samples):
+            started = time.perf_counter()
+            task_id = await run_task(client, team, "bench-latency")
+            arrived = await agent.dispatched(task_id)
+            if n >= warmup:
+                taken.append((arrived - started) * 1000)
+            expected = done_before + n + 1
+
+            async def settled(expected: int = expected) -> bool:
+                return await count_tasks(client, team, "completed", workflow_id) >= expected
+
+            await wait_for(settled, 30, "completion", pause=0.002)
+            await asyncio.sleep(0.005)  # let the freed slot settle: the agent is idle again
+    finally:
+        await agent.close()
+    return Latency(taken)
+
+
+@dataclass
+class Throughput:
+    tasks: int
+    seconds: float
+    submit_seconds: float
+    server_cpu: float
+    client_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling the server; collapsed stacks to ``output``."""
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise RuntimeError("--profile needs py-spy on PATH (pip install py-spy)")
+    command = [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--gil"]
+    proc = subprocess.Popen([*command, "--output", str(output)], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    return proc
+
+
+async def measure_throughput(
+    client: httpx.AsyncClient,
+    team: Team,
+    server: ServerProcess,
+    plan: Plan,
+    profile: Path | None = None,
+) -> Throughput:
+    tally = Tally(target=plan.throughput_tasks)
+    agents = [
+        BenchAgent(server.ws_url, team.agent_key, f"bench-{n:02d}", tally)
+        for n in range(plan.throughput_agents)
+    ]
+    for agent in agents:
+        await agent.start()
+    workflow_id = team.workflows["bench-throughput"]
+    todo = iter(range(plan.throughput_tasks))
+
+    async def submitter() -> None:
+        for _ in todo:
+            await run_task(client, team, "bench-throughput")
+
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        await asyncio.sleep(0.5)  # all agents registered and idle
+        if profile is not None and server.proc is not None:
+            profiler = start_profiler(server.proc.pid, profile)
+        cpu_server, cpu_client = server.cpu_seconds(), own_cpu()
+        started = time.perf_counter()
+        await asyncio.gather(*(submitter() for _ in range(plan.submitters)))
+        submitted = time.perf_counter()
+        await asyncio.wait_for(tally.reached.wait(), 600)
+
+        async def all_completed() -> bool:
+            return await count_tasks(client, team, "completed", workflow_id) >= tally.target
+
+        await wait_for(all_completed, 120, "completions", pause=0.005)
+        finished = time.perf_counter()
+        cpu_server, cpu_client = server.cpu_seconds() - cpu_server, own_cpu() - cpu_client
+    finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
+        await asyncio.gather(*(agent.close() for agent in agents))
+    return Throughput(
+        plan.throughput_tasks,
+        finished - started,
+        submitted - started,
+        cpu_server / (finished - started),
+        cpu_client / (finished - started),
+    )
+
+
+async def insert_backlog(db_url: str, team: Team, count: int, concurrency: int) -> float:
+    """Submit ``count`` unmatched tasks through the service layer (server stopped)."""
+    from runyard.config import Settings
+    from runyard.services import tasks
+    from runyard.services.auth import Caller, CallerKind, TeamScope
+    from runyard.services.context import build_context
+    from runyard.store.db import Database
+
+    settings = Settings()
+    settings.database.url = db_url
+    # Setup only: the server under test keeps its own synchronous setting.
+    settings.database.sqlite_synchronous = "NORMAL"
+    db = Database(db_url, settings.database)
+    started = time.perf_counter()
+    try:
+        ctx = await build_context(db, settings)
+        caller = Caller(CallerKind.INTEGRATION, None, team.team_id, team.integration_key_id)
+        scope = TeamScope(caller, team.team_id, None)
+        todo = iter(range(count))
+
+        async def worker() -> None:
+            for n in todo:
+                ref = f"bench-unmatched-{n % UNMATCHED_LABEL_SETS}"
+                await tasks.submit(ctx, scope, tasks.RunRequest(parameters={}), ref=ref)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await db.dispose()
+    return time.perf_counter() - started
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def machine(args: argparse.Namespace, db_version: str, load_at_start: float) -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    db = f"{args.db} {db_version}"
+    if args.db == "sqlite":
+        db += f" (WAL, synchronous={args.sqlite_synchronous})"
+    return [
+        f"date     {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"machine  {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
+        f"python   {platform.python_version()} ({platform.python_implementation()})",
+        f"database {db}",
+        f"load     {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at the end (1-min avg;"
+        " other processes on the machine skew every figure)",
+    ]
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def report(
+    args: argparse.Namespace,
+    plan: Plan,
+    db_version: str,
+    idle: Latency,
+    flow: Throughput,
+    control: Latency,
+    backlog: Latency,
+    load_seconds: float,
+    load_at_start: float,
+) -> str:
+    sqlite = args.db == "sqlite"
+    latency_target = "(SQLite)" if not sqlite else ""
+    p50_change = backlog.p50 / control.p50 - 1
+    p99_change = backlog.p99 / control.p99 - 1
+    rows = [
+        ("figure", "value", "target", "met"),
+        (
+            f"(1) submit→dispatch p50, 1 idle agent, n={len(idle.samples)}",
+            f"{idle.p50:.2f} ms",
+            f"≤ 5 ms {latency_target}".strip(),
+            verdict(idle.p50 <= 5),
+        ),
+        (
+            "    submit→dispatch p99",
+            f"{idle.p99:.2f} ms",
+            f"≤ 25 ms {latency_target}".strip(),
+            verdict(idle.p99 <= 25),
+        ),
+        ("    submit→dispatch max", f"{idle.worst:.2f} ms", "", ""),
+        (
+            f"(2) lifecycles/s, {plan.throughput_agents} agents, {flow.tasks} tasks",
+            f"{flow.rate:.0f} /s",
+            "≥ 500 /s",
+            verdict(flow.rate >= 500),
+        ),
+        (
+            f"    submits/s alone ({plan.submitters} HTTP clients)",
+            f"{flow.tasks / flow.submit_seconds:.0f} /s",
+            "",
+            "",
+        ),
+        (
+            "    server CPU / bench CPU (cores)",
+            f"{flow.server_cpu:.2f} / {flow.client_cpu:.2f}",
+            "",
+            "",
+        ),
+        ("    server CPU per lifecycle", f"{flow.server_cpu / flow.rate * 1000:.1f} ms", "", ""),
+        (
+            "(3) control: p50 / p99 after a restart",
+            f"{control.p50:.2f} / {control.p99:.2f} ms",
+            "",
+            "",
+        ),
+        (
+            f"    p50 / p99 with {plan.backlog:,} unmatched waiting",
+            f"{backlog.p50:.2f} / {backlog.p99:.2f} ms",
+            "",
+            "",
+        ),
+        ("    max with the backlog", f"{backlog.worst:.2f} ms", "", ""),
+        ("    backlog 'waiting' after the restart", f"{load_seconds:.1f} s", "", ""),
+        (
+            "    backlog vs control, p50",
+            f"{p50_change:+.0%}",
+            "within ±20 %",
+            verdict(abs(p50_change) < 0.2),
+        ),
+        ("    backlog vs control, p99", f"{p99_change:+.0%}", "", ""),
+        (
+            "    backlog vs (1), p50 / p99",
+            f"{backlog.p50 / idle.p50 - 1:+.0%} / {backlog.p99 / idle.p99 - 1:+.0%}",
+            "",
+            "",
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [*machine(args, db_version, load_at_start), ""]
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> int:
+    plan = QUICK if args.quick else FULL
+    load_at_start = os.getloadavg()[0]
+    if load_at_start > 0.5:
+        say(f"warning: load average {load_at_start:.2f}: other work will skew the figures")
+    pg_name = ""
+    if args.db == "postgresql":
+        pg_name, db_url, db_version = await create_pg_database(args.pg_url)
+        say(f"created database {pg_name}")
+    else:
+        db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
+        db_version = sqlite3.sqlite_version
+    server = ServerProcess(db_url, workdir / "data", server_env(args))
+    try:
+        server.start()
+        say(f"server up at {server.url} (pid {server.proc.pid if server.proc else '?'})")
+        async with httpx.AsyncClient(
+            base_url=server.url + "/api/v1",
+            timeout=60,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        ) as client:
+            team = await setup_team(client)
+
+            say(f"1/3 latency with one idle agent, {plan.latency_samples} samples")
+            idle = await measure_latency(client, team, server, plan.latency_samples, plan.warmup)
+            say(f"    p50 {idle.p50:.2f} ms, p99 {idle.p99:.2f} ms")
+
+            say(f"2/3 throughput: {plan.throughput_tasks} tasks, {plan.throughput_agents} agents")
+            flow = await measure_throughput(client, team, server, plan, args.profile)
+            say(f"    {flow.rate:.0f} lifecycles/s")
+
+        # Control for (3): the same history and a restart, without the backlog.
+        say("3/3 restarting the server: latency again without a backlog (control)")
+        server.stop()
+        server.start()
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=60) as client:
+            control = await measure_latency(client, team, server, plan.latency_samples, plan.warmup)
+        say(f"    p50 {control.p50:.2f} ms, p99 {control.p99:.2f} ms")
+        say(f"    stopping the server to insert {plan.backlog:,} unmatched tasks")
+        server.stop()
+        took = await insert_backlog(db_url, team, plan.backlog, 8)
+        say(f"    inserted in {took:.1f} s; restarting")
+        server.start()
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=60) as client:
+            started = time.monotonic()
+
+            async def loaded() -> bool:
+                return await count_tasks(client, team, "waiting") >= plan.backlog
+
+            await wait_for(loaded, 300, "backlog marked waiting", pause=0.2)
+            load_seconds = time.monotonic() - started
+            say(f"    backlog waiting {load_seconds:.1f} s after the restart; measuring")
+            backlog = await measure_latency(client, team, server, plan.latency_samples, plan.warmup)
+            say(f"    p50 {backlog.p50:.2f} ms, p99 {backlog.p99:.2f} ms")
+            if await count_tasks(client, team, "waiting") < plan.backlog:
+                say("warning: some unmatched tasks left 'waiting' during the run")
+    except BaseException:
+        say(f"server log tail:\n{server.log_tail()}")
+        raise
+    finally:
+        server.stop()
+        if pg_name:
+            await drop_pg_database(args.pg_url, pg_name)
+            say(f"dropped database {pg_name}")
+    print(report(args, plan, db_version, idle, flow, control, backlog, load_seconds, load_at_start))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--pg-url",
+        default=DEFAULT_PG_URL,
+        help="an existing PostgreSQL database to connect to; the benchmark creates (and drops) "
+        "its own database next to it",
+    )
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="RUNYARD_DATABASE_SQLITE_SYNCHRONOUS for the server (default: the server's FULL)",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer samples and tasks")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the server with py-spy during the throughput run (collapsed stacks)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="runyard-bench-"))
+    try:
+        return asyncio.run(bench(args, workdir))
+    finally:
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,741 @@
+"""Event stream benchmark: 1,000 concurrent SSE streams on one ``runyard server`` process.
+
+    .venv/bin/python bench/events.py --db sqlite|postgresql [--pg-url URL] [--quick]
+
+Two scenarios, each with 1,000 open ``GET /r/tasks/{taskId}/events`` streams:
+
+A. 100 running tasks x 10 watchers each; protocol-level agents send progress frames for them
+   at a steady total rate (``--rate-spread`` frames/s, round robin over the tasks);
+B. 1 running task x 1,000 watchers; its agent sends ``--rate-single`` frames/s.
+
+The server runs with ``RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS=0`` so every frame becomes an
+event. Each frame carries its send time (wall clock; everything runs on one machine) in
+``message``; the figure is the time from the agent sending the frame to each watcher having
+parsed the event (the client is one process, so this includes its own scheduling delay), split
+at the event's ``timestamp`` (when the server began writing it). Also measured: submit →
+dispatch latency of a new task (an idle probe agent, one task at a time) with nothing else going
+on; while the same events flow with no streams open (the control); with the 1,000 streams open
+and idle; and with them open while events flow — whether watchers slow dispatch. Figures are
+printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The sibling benchmark: the server process, databases, percentiles, the machine.
+from dispatch import (
+    DEFAULT_PG_URL,
+    ServerProcess,
+    create_pg_database,
+    drop_pg_database,
+    percentile,
+    say,
+)
+
+PASSWORD = "bench-password-1"
+NOOP_GRAPH = {"1": {"class_type": "Noop", "inputs": {}}}
+TERMINAL = (b"completed", b"failed", b"cancelled")
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: int = 100
+    watchers_per_task: int = 10
+    single_watchers: int = 1000
+    agents: int = 10
+    rate_spread: float = 200.0
+    rate_single: float = 10.0
+    drive_seconds: float = 10.0
+    probes: int = 40
+    open_concurrency: int = 100
+
+
+FULL = Plan()
+QUICK = Plan(drive_seconds=4.0, probes=15)
+
+
+# -- Server-Sent Events over a raw HTTP/1.1 connection ------------------------------------------
+
+
+@dataclass
+class Deliveries:
+    """Latencies (seconds) of progress events, as the watchers parsed them: in all, and split
+    at the event's ``timestamp`` (when the server began writing it) into the frame's wait to be
+    handled and the write, commit, announcement, read and send to this watcher."""
+
+    latencies: list[float] = field(default_factory=list)
+    ingest: list[float] = field(default_factory=list)
+    fanout: list[float] = field(default_factory=list)
+    recording: bool = False
+
+
+class Watcher:
+    """One ``GET …/events`` stream on its own connection: a minimal HTTP/1.1 client (chunked
+    transfer coding) so the client's cost per event stays small next to the server's."""
+
+    def __init__(self, base_url: str, task_id: str, auth: str, sink: Deliveries) -> None:
+        self.url = urlsplit(base_url)
+        self.task_id = task_id
+        self.auth = auth
+        self.sink = sink
+        self.progress = 0
+        self.statuses: list[str] = []
+        self.terminal = ""
+        self.caught_up = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        writer = None
+        try:
+            host, port = self.url.hostname or "127.0.0.1", self.url.port or 80
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                (
+                    f"GET /api/v1/r/tasks/{self.task_id}/events HTTP/1.1\r\n"
+                    f"Host: {host}:{port}\r\nAuthorization: {self.auth}\r\n"
+                    "Accept: text/event-stream\r\n\r\n"
+                ).encode()
+            )
+            status = await reader.readline()
+            if b" 200 " not in status:
+                raise RuntimeError(f"stream refused: {status!r}")
+            while (await reader.readline()).strip():
+                pass  # the response headers (uvicorn streams with chunked coding)
+            buffer = b""
+            while True:
+                size = int((await reader.readline()).strip(), 16)
+                if size == 0:
+                    break
+                buffer += (await reader.readexactly(size + 2))[:-2]
+                while b"\n\n" in buffer:
+                    block, buffer = buffer.split(b"\n\n", 1)
+                    self._message(block)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if not self.terminal:
+                self.error = exc
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.closed.set()
+            if writer is not None:
+                writer.close()
+
+    def _message(self, block: bytes) -> None:
+        received = time.time()  # wall clock: the server's timestamps are compared with it
+        event, data = b"", b""
+        for line in block.split(b"\n"):
+            if line.startswith(b"event: "):
+                event = line[7:]
+            elif line.startswith(b"data: "):
+                data = line[6:]
+        if event == b"progress":
+            self.progress += 1
+            if self.sink.recording:
+                payload = json.loads(data)
+                sent = float(payload["message"])
+                written = datetime.fromisoformat(payload["timestamp"]).timestamp()
+                self.sink.latencies.append(received - sent)
+                self.sink.ingest.append(written - sent)
+                self.sink.fanout.append(received - written)
+        elif event == b"status":
+            status = json.loads(data)["status"]
+            self.statuses.append(status)
+            if status == "running":
+                self.caught_up.set()
+        elif event in TERMINAL:
+            self.terminal = event.decode()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+# -- protocol-level agents ---------------------------------------------------------------------
+
+
+class Agent:
+    """Acks every dispatch; holds it (events agents) or completes it at once (the probe)."""
+
+    def __init__(self, ws_url: str, key: str, agent_id: str, labels: list[str], capacity: int):
+        self.ws_url = ws_url
+        self.key = key
+        self.agent_id = agent_id
+        self.labels = labels
+        self.capacity = capacity
+        self.hold = True
+        self.running: dict[str, int] = {}
+        self.arrivals: dict[str, float] = {}
+        self._arrived = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        ws = await connect(self.ws_url, additional_headers={"Authorization": f"Bearer {self.key}"})
+        hello = {"type": "hello", "protocol": 1, "agent_id": self.agent_id, "labels": self.labels}
+        hello |= {"capacity": self.capacity, "agent_version": "bench", "status": "idle"}
+        await ws.send(json.dumps(hello))
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if welcome.get("type") != "welcome":
+            raise RuntimeError(f"expected welcome, got {welcome}")
+        self._ws = ws
+        self._tasks = [
+            asyncio.create_task(self._read(ws)),
+            asyncio.create_task(self._beat(ws, float(welcome["heartbeat_interval"]))),
+        ]
+
+    async def _read(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                arrived = time.perf_counter()
+                frame = json.loads(raw)
+                if frame["type"] != "dispatch":
+                    continue
+                ref = {"task_id": frame["task_id"], "attempt": frame["attempt"]}
+                self.arrivals[frame["task_id"]] = arrived
+                self._arrived.set()
+                await ws.send(json.dumps({"type": "ack", **ref}))
+                if self.hold:
+                    self.running[frame["task_id"]] = frame["attempt"]
+                else:
+                    await ws.send(json.dumps({"type": "complete", **ref, "output": {}}))
+
+    async def _beat(self, ws: ClientConnection, interval: float) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                running = [{"task_id": t, "attempt": a} for t, a in self.running.items()]
+                await ws.send(json.dumps({"type": "heartbeat", "running": running}))
+
+    async def progress(self, task_id: str, step: int) -> None:
+        assert self._ws is not None
+        frame = {
+            "type": "progress",
+            "task_id": task_id,
+            "attempt": self.running[task_id],
+            "progress": min(step / 1000, 1.0),
+            "step_current": step,
+            "message": repr(time.time()),
+        }
+        await self._ws.send(json.dumps(frame))
+
+    async def complete_all(self) -> None:
+        assert self._ws is not None
+        for task_id, attempt in list(self.running.items()):
+            frame = {"type": "complete", "task_id": task_id, "attempt": attempt, "output": {}}
+            await self._ws.send(json.dumps(frame))
+            del self.running[task_id]
+
+    async def dispatched(self, task_id: str, timeout: float = 30.0) -> float:
+        async with asyncio.timeout(timeout):
+            while task_id not in self.arrivals:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.arrivals.pop(task_id)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+
+# -- the team, over HTTP -----------------------------------------------------------------------
+
+
+@dataclass
+class Team:
+    owner: dict[str, str]
+    runtime: dict[str, str]
+    agent_key: str
+
+
+async def setup_team(client: httpx.AsyncClient) -> Team:
+    email = f"bench-{secrets.token_hex(4)}@example.com"
+    creds = {"email_address": email, "user_password": PASSWORD}
+    (await client.post("/auth/register", json=creds)).raise_for_status()
+    login = await client.post("/auth/login", json=creds)
+    login.raise_for_status()
+    jwt = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    me = await client.get("/users/me", headers=jwt)
+    me.raise_for_status()
+    owner = {**jwt, "X-Team-ID": me.json()["team_list"][0]["id"]}
+    keys = {}
+    for kind in ("integration", "agent"):
+        response = await client.post(
+            "/credentials", headers=owner, json={"kind": kind, "display_name": f"bench {kind}"}
+        )
+        response.raise_for_status()
+        keys[kind] = response.json()["raw_key"]
+    # Separate labels: the probe agent never gets a watched task, nor the reverse.
+    for slug, labels in (("bench-events", ["events"]), ("bench-probe", ["probe"])):
+        body = {
+            "workflow_slug": slug,
+            "display_name": slug,
+            "workflow_json": NOOP_GRAPH,
+            "required_labels": labels,
+        }
+        (await client.post("/workflows/import", headers=owner, json=body)).raise_for_status()
+    return Team(owner, {"Authorization": f"Bearer {keys['integration']}"}, keys["agent"])
+
+
+async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
+    response = await client.post(f"/r/workflows/slug/{slug}/run", headers=team.runtime, json={})
+    if response.status_code != 202:
+        raise RuntimeError(f"run refused: {response.status_code} {response.text}")
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+async def wait_for(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not await probe():  # noqa: ASYNC110 (polls)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    samples: list[float]
+
+    def text(self) -> str:
+        if not self.samples:
+            return "no samples"
+        p50, p99 = percentile(self.samples, 50), percentile(self.samples, 99)
+        worst = max(self.samples)
+        return f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms"
+
+
+async def probe_dispatch(
+    client: httpx.AsyncClient, team: Team, probe: Agent, count: int, until: float = 0.0
+) -> Latency:
+    """Submit → dispatch of a new task, one at a time: ``count`` samples, and more until
+    ``until`` (``perf_counter``) if given."""
+    taken: list[float] = []
+    while len(taken) < count or time.perf_counter() < until:
+        started = time.perf_counter()
+        task_id = await run_task(client, team, "bench-probe")
+        taken.append(await probe.dispatched(task_id) - started)
+
+        async def done(task_id: str = task_id) -> bool:
+            body = (await client.get(f"/r/tasks/{task_id}", headers=team.runtime)).json()
+            return bool(body["task_status"] == "completed")
+
+        await wait_for(done, 30, "the probe task to complete")
+        await asyncio.sleep(0.02)
+    return Latency(taken)
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_rss_mb(server: ServerProcess) -> float:
+    if server.proc is None:
+        return 0.0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Scenario:
+    name: str
+    watchers: int
+    opened_seconds: float = 0.0
+    rss_before: float = 0.0
+    rss_open: float = 0.0
+    frames: int = 0
+    expected: int = 0
+    delivered: int = 0
+    delivery: Latency = field(default_factory=lambda: Latency([]))
+    ingest: Latency = field(default_factory=lambda: Latency([]))
+    fanout: Latency = field(default_factory=lambda: Latency([]))
+    dispatch_control: Latency = field(default_factory=lambda: Latency([]))
+    dispatch_idle: Latency = field(default_factory=lambda: Latency([]))
+    dispatch_busy: Latency = field(default_factory=lambda: Latency([]))
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    closed_seconds: float = 0.0
+    closed_ok: int = 0
+    errors: int = 0
+
+
+async def open_watchers(
+    server: ServerProcess, team: Team, task_ids: list[str], plan: Plan, sink: Deliveries
+) -> list[Watcher]:
+    watchers = [Watcher(server.url, t, team.runtime["Authorization"], sink) for t in task_ids]
+    for start in range(0, len(watchers), plan.open_concurrency):
+        batch = watchers[start : start + plan.open_concurrency]
+        for watcher in batch:
+            watcher.start()
+        await asyncio.gather(*(asyncio.wait_for(w.caught_up.wait(), 60) for w in batch))
+    return watchers
+
+
+async def scenario(
+    name: str,
+    client: httpx.AsyncClient,
+    server: ServerProcess,
+    team: Team,
+    probe: Agent,
+    plan: Plan,
+    tasks: int,
+    watchers_per_task: int,
+    rate: float,
+) -> Scenario:
+    result = Scenario(name, tasks * watchers_per_task)
+    agents_needed = min(plan.agents, tasks)
+    per_agent = -(-tasks // agents_needed)
+    agents = [
+        Agent(server.ws_url, team.agent_key, f"{name[0].lower()}-{n}", ["events"], per_agent)
+        for n in range(agents_needed)
+    ]
+    for agent in agents:
+        await agent.start()
+    task_ids = [await run_task(client, team, "bench-events") for _ in range(tasks)]
+
+    async def all_running() -> bool:
+        return sum(len(agent.running) for agent in agents) == tasks
+
+    await wait_for(all_running, 60, "the watched tasks to be dispatched")
+    owner = {task_id: agent for agent in agents for task_id in agent.running}
+    sent: dict[str, int] = dict.fromkeys(task_ids, 0)
+    period = 1 / rate
+    total = round(rate * plan.drive_seconds)
+
+    async def drive() -> None:
+        began = time.perf_counter()
+        for n in range(total):
+            delay = began + n * period - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task_id = task_ids[n % tasks]
+            sent[task_id] += 1
+            await owner[task_id].progress(task_id, sent[task_id])
+
+    async def drive_and_probe() -> Latency:
+        driving = time.perf_counter()
+        driver = asyncio.create_task(drive())
+        latency = await probe_dispatch(
+            client, team, probe, plan.probes, until=driving + plan.drive_seconds - 0.5
+        )
+        await driver
+        return latency
+
+    # The control: the same events, nobody watching.
+    say(f"    control: {rate:g} progress frames/s for {plan.drive_seconds:g} s, no streams")
+    result.dispatch_control = await drive_and_probe()
+    say(f"    dispatch, events flowing, no streams: {result.dispatch_control.text()}")
+
+    sink = Deliveries()
+    result.rss_before = server_rss_mb(server)
+    started = time.perf_counter()
+    watchers = await open_watchers(
+        server, team, [t for t in task_ids for _ in range(watchers_per_task)], plan, sink
+    )
+
+    async def replayed() -> bool:  # the control's events too
+        return sum(w.progress for w in watchers) >= sum(sent[w.task_id] for w in watchers)
+
+    await wait_for(replayed, 120, "the streams to replay what they missed")
+    result.opened_seconds = time.perf_counter() - started
+    await asyncio.sleep(1.0)
+    result.rss_open = server_rss_mb(server)
+    say(f"    {len(watchers)} streams open in {result.opened_seconds:.1f} s; probing dispatch")
+    result.dispatch_idle = await probe_dispatch(client, team, probe, plan.probes)
+    say(f"    dispatch, streams idle: {result.dispatch_idle.text()}")
+
+    say(f"    driving {rate:g} progress frames/s for {plan.drive_seconds:g} s")
+    base = {id(w): w.progress for w in watchers}
+    cpu_before, own_before = server.cpu_seconds(), own_cpu()
+    sink.recording = True
+    driving = time.perf_counter()
+    before = dict(sent)
+    result.dispatch_busy = await drive_and_probe()
+    # Let the last events arrive (bounded), then stop counting.
+    expected = sum(sent[w.task_id] - before[w.task_id] for w in watchers)
+    deadline = time.perf_counter() + 15
+    while time.perf_counter() < deadline:
+        if sum(w.progress - base[id(w)] for w in watchers) >= expected:
+            break
+        await asyncio.sleep(0.05)
+    sink.recording = False
+    elapsed = time.perf_counter() - driving
+    result.server_cpu = (server.cpu_seconds() - cpu_before) / elapsed
+    result.client_cpu = (own_cpu() - own_before) / elapsed
+    result.frames = total
+    result.expected = expected
+    result.delivered = sum(w.progress - base[id(w)] for w in watchers)
+    result.delivery = Latency(sink.latencies)
+    result.ingest = Latency(sink.ingest)
+    result.fanout = Latency(sink.fanout)
+    say(f"    delivery: {result.delivery.text()}; {result.delivered}/{expected} events")
+    say(f"    dispatch, events flowing: {result.dispatch_busy.text()}")
+
+    closing = time.perf_counter()
+    for agent in agents:
+        await agent.complete_all()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(w.closed.wait() for w in watchers)), 60)
+    result.closed_seconds = time.perf_counter() - closing
+    result.closed_ok = sum(1 for w in watchers if w.closed.is_set() and w.terminal == "completed")
+    result.errors = sum(1 for w in watchers if w.error is not None)
+    for watcher in watchers:
+        await watcher.stop()
+    for agent in agents:
+        await agent.close()
+    say(f"    completed: {result.closed_ok}/{len(watchers)} streams closed after `completed`")
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def machine(args: argparse.Namespace, db_version: str, load_at_start: float) -> list[str]:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    db = f"{args.db} {db_version}"
+    if args.db == "sqlite":
+        db += f" (WAL, synchronous={args.sqlite_synchronous})"
+    return [
+        f"date     {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"machine  {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
+        f"python   {platform.python_version()}; server, agents and the 1,000 clients share it",
+        f"database {db}",
+        f"load     {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at the end (1-min avg;"
+        " other processes on the machine skew every figure)",
+    ]
+
+
+def report(
+    args: argparse.Namespace,
+    plan: Plan,
+    db_version: str,
+    load: float,
+    base: Latency,
+    runs: list[Scenario],
+) -> str:
+    lines = [*machine(args, db_version, load), ""]
+    lines.append(f"dispatch, nothing else going on (n={len(base.samples)}): {base.text()}")
+    for run in runs:
+
+        def row(label: str, value: str) -> str:
+            return f"  {label:<32}{value}"
+
+        def n(latency: Latency) -> str:
+            return f"{latency.text()} (n={len(latency.samples)})"
+
+        lines += [
+            "",
+            f"{run.name}: {run.watchers:,} streams",
+            row(
+                "opened, replay caught up",
+                f"{run.opened_seconds:.2f} s; server RSS {run.rss_before:.0f} → "
+                f"{run.rss_open:.0f} MB",
+            ),
+            row(
+                "progress frames",
+                f"{run.frames:,} in {plan.drive_seconds:g} s "
+                f"({run.frames / plan.drive_seconds:g}/s)",
+            ),
+            row(
+                "events delivered",
+                f"{run.delivered:,} of {run.expected:,} "
+                f"({run.delivered / plan.drive_seconds:,.0f}/s)",
+            ),
+            row("delivery latency", run.delivery.text()),
+            row("  frame → server writes it", run.ingest.text()),
+            row("  writes it → watcher has it", run.fanout.text()),
+            row(
+                "CPU while driving",
+                f"server {run.server_cpu:.2f} cores, this client {run.client_cpu:.2f}",
+            ),
+            row("dispatch: events, no streams", n(run.dispatch_control)),
+            row("dispatch: streams idle", n(run.dispatch_idle)),
+            row("dispatch: streams + events", n(run.dispatch_busy)),
+            row(
+                "closed after `completed`",
+                f"{run.closed_ok:,}/{run.watchers:,} in {run.closed_seconds:.2f} s; "
+                f"stream errors {run.errors}",
+            ),
+        ]
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {
+        "RUNYARD_LOGGER_LEVEL": "warn",
+        "RUNYARD_LOGGER_FORMAT": "json",
+        "RUNYARD_AUTH_ARGON2_TIME_COST": "1",
+        "RUNYARD_AUTH_ARGON2_MEMORY_COST_KIB": "64",
+        "RUNYARD_AUTH_ARGON2_PARALLELISM": "1",
+        # Every progress frame becomes an event: the stream, not the coalescing, is measured.
+        "RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS": "0",
+    }
+    if args.db == "sqlite":
+        env["RUNYARD_DATABASE_SQLITE_SYNCHRONOUS"] = args.sqlite_synchronous
+    return env
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> int:
+    plan = QUICK if args.quick else FULL
+    overrides = {
+        "rate_spread": args.rate_spread,
+        "rate_single": args.rate_single,
+        "tasks": args.tasks,
+        "watchers_per_task": args.watchers,
+        "drive_seconds": args.seconds,
+    }
+    plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v})
+    load = os.getloadavg()[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    pg_name = ""
+    if args.db == "postgresql":
+        pg_name, db_url, db_version = await create_pg_database(args.pg_url)
+        say(f"created database {pg_name}")
+    else:
+        db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
+        db_version = sqlite3.sqlite_version
+    server = ServerProcess(db_url, workdir / "data", server_env(args))
+    runs: list[Scenario] = []
+    try:
+        server.start()
+        say(f"server up at {server.url}")
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=60) as client:
+            team = await setup_team(client)
+            probe = Agent(server.ws_url, team.agent_key, "probe", ["probe"], 1)
+            probe.hold = False
+            await probe.start()
+            await run_task(client, team, "bench-probe")  # warm up
+            await asyncio.sleep(0.5)
+            probe.arrivals.clear()
+            say(f"dispatch latency without streams, {plan.probes} samples")
+            base = await probe_dispatch(client, team, probe, plan.probes)
+            say(f"    {base.text()}")
+            spread = plan.tasks * plan.watchers_per_task
+            if args.scenario in ("all", "spread"):
+                say(f"A: {plan.tasks} tasks x {plan.watchers_per_task} watchers = {spread:,}")
+                runs.append(
+                    await scenario(
+                        f"A. {plan.tasks} tasks x {plan.watchers_per_task} watchers",
+                        client,
+                        server,
+                        team,
+                        probe,
+                        plan,
+                        plan.tasks,
+                        plan.watchers_per_task,
+                        plan.rate_spread,
+                    )
+                )
+            if args.scenario in ("all", "single"):
+                say(f"B: 1 task x {plan.single_watchers:,} watchers")
+                runs.append(
+                    await scenario(
+                        f"B. 1 task x {plan.single_watchers:,} watchers",
+                        client,
+                        server,
+                        team,
+                        probe,
+                        plan,
+                        1,
+                        plan.single_watchers,
+                        plan.rate_single,
+                    )
+                )
+            await probe.close()
+    except BaseException:
+        say(f"server log tail:\n{server.log_tail()}")
+        raise
+    finally:
+        server.stop()
+        if pg_name:
+            await drop_pg_database(args.pg_url, pg_name)
+            say(f"dropped database {pg_name}")
+    print(report(args, plan, db_version, load, base, runs))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--pg-url",
+        default=DEFAULT_PG_URL,
+        help="an existing PostgreSQL database; the benchmark creates (and drops) its own beside it",
+    )
+    parser.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    parser.add_argument("--scenario", choices=("all", "spread", "single"), default="all")
+    parser.add_argument("--rate-spread", type=float, help="frames/s over the tasks of A (200)")
+    parser.add_argument("--rate-single", type=float, help="frames/s of the one task of B (10)")
+    parser.add_argument("--tasks", type=int, help="tasks of A (100)")
+    parser.add_argument("--watchers", type=int, help="watchers per task of A (10)")
+    parser.add_argument("--seconds", type=float, help="how long events are driven (10; 4 quick)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="runyard-bench-events-"))
+    try:
+        try:
+            import uvloop  # the client's own overhead is part of every latency figure
+        except ImportError:
+            return asyncio.run(bench(args, workdir))
+        return uvloop.run(bench(args, workdir))
+    finally:
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

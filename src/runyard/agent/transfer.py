@@ -1,0 +1,73 @@
+"""Moving files through signed links: output uploads and input downloads (httpx).
+
+Bytes never pass through the gateway's WebSocket: the agent asks for links
+(``upload_request`` → ``upload_links``) and talks to object storage directly. Files stream in
+1 MiB chunks both ways, so memory stays flat whatever their size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from runyard.protocol import v1
+
+CHUNK = 1024 * 1024
+
+
+class TransferError(Exception):
+    """An upload or download through a signed link failed (the message says why)."""
+
+
+def _timeout() -> httpx.Timeout:
+    return httpx.Timeout(60.0, connect=10.0)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(handle.close)
+
+
+async def put(link: v1.UploadLink, source: bytes | Path) -> None:
+    """PUT ``source`` to ``link`` with its signed headers; raises :class:`TransferError`."""
+    content = source if isinstance(source, bytes) else _file_chunks(source)
+    try:
+        async with httpx.AsyncClient(timeout=_timeout()) as http:
+            response = await http.put(link.url, content=content, headers=link.headers)
+    except httpx.HTTPError as exc:
+        raise TransferError(f"upload of {link.name!r} failed: {type(exc).__name__}") from exc
+    if response.status_code >= 300:
+        raise TransferError(
+            f"upload of {link.name!r} refused: HTTP {response.status_code} {response.text[:200]}"
+        )
+
+
+async def download(url: str, target: Path | None = None) -> int:
+    """GET ``url`` (following redirects), into ``target`` if given; returns the byte count."""
+    received = 0
+    try:
+        async with (
+            httpx.AsyncClient(timeout=_timeout(), follow_redirects=True) as http,
+            http.stream("GET", url) as response,
+        ):
+            if response.status_code >= 300:
+                raise TransferError(f"download refused: HTTP {response.status_code}")
+            handle = await asyncio.to_thread(target.open, "wb") if target else None
+            try:
+                async for chunk in response.aiter_bytes(CHUNK):
+                    received += len(chunk)
+                    if handle is not None:
+                        await asyncio.to_thread(handle.write, chunk)
+            finally:
+                if handle is not None:
+                    await asyncio.to_thread(handle.close)
+    except httpx.HTTPError as exc:
+        raise TransferError(f"download failed: {type(exc).__name__}") from exc
+    return received

@@ -1,0 +1,125 @@
+"""Operator commands that run the server or work on its database: ``runyard server``,
+``runyard db upgrade``, ``runyard admin bootstrap``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from runyard.config import Settings
+
+admin_app = typer.Typer(no_args_is_help=True, help="Operator commands that work on the database.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder for the SQLite database and local files (env RUNYARD_DATA_DIR).",
+        show_default="./runyard-data",
+    ),
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    # Imported here: the config and logging stack is not needed by the user-facing commands.
+    from runyard.config import load_settings
+    from runyard.logging import configure_logging
+
+    settings = load_settings(data_dir)
+    configure_logging(settings.logger)
+    return settings
+
+
+def server(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the control plane (API, and later the agent gateway and dashboard)."""
+    import uvicorn
+
+    from runyard.app import create_app
+
+    settings = _settings(data_dir)
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Apply pending migrations."""
+    from runyard.store import migrate
+    from runyard.store.db import Database
+
+    settings = _settings(data_dir)
+
+    async def run() -> str | None:
+        db = Database(settings.database_url(), settings.database)
+        try:
+            await migrate.upgrade(db)
+            return await migrate.current_revision(db)
+        finally:
+            await db.dispose()
+
+    typer.echo(f"database at revision {asyncio.run(run())}")
+
+
+@admin_app.command("bootstrap")
+def bootstrap(
+    email: Annotated[str, typer.Option(help="Owner's email address.")],
+    password: Annotated[str, typer.Option(help="Owner's password (8 characters or more).")],
+    team_name: Annotated[str, typer.Option(help="Name of the team to create or reuse.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create (or reuse) a user as owner of a team and print a new integration key once."""
+    from runyard.app import start_services
+    from runyard.domain.errors import RunyardError
+    from runyard.services.credentials import bootstrap as run_bootstrap
+    from runyard.store.db import Database
+
+    settings = _settings(data_dir)
+    if len(password) < 8:
+        typer.echo("error: the password needs at least 8 characters", err=True)
+        raise typer.Exit(2)
+    if not team_name.strip() or len(team_name) > 100:
+        typer.echo("error: --team-name needs 1 to 100 characters", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> dict[str, str]:
+        db = Database(settings.database_url(), settings.database)
+        try:
+            ctx = await start_services(settings, db)
+            result = await run_bootstrap(ctx, email, password, team_name.strip())
+            return {"user_id": result.user_id, "team_id": result.team_id, "api_key": result.api_key}
+        finally:
+            await db.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except RunyardError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"user    {result['user_id']}")
+    typer.echo(f"team    {result['team_id']}")
+    typer.echo(f"api key {result['api_key']}  (shown once; store it now)")

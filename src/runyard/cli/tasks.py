@@ -1,0 +1,393 @@
+"""``runyard run`` and ``runyard tasks list|show|cancel|watch|result``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+from runyard.cli.common import (
+    ApiKeyOpt,
+    EmailOpt,
+    JsonOpt,
+    ServerOpt,
+    TeamOpt,
+    cli_errors,
+    connect,
+    err,
+    out,
+    parse_params,
+    print_json,
+    table,
+    when,
+)
+from runyard.client import DownloadProgress, Runyard, Task, TaskEvent, TaskResult
+
+app = typer.Typer(no_args_is_help=True, help="Tasks: list, show, cancel, watch, result.")
+
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(help="Give up waiting after this many seconds (exit 1).", show_default="never"),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="Download the outputs into this folder.", show_default=False, file_okay=False
+    ),
+]
+
+
+class TaskProgress:
+    """A live Rich progress bar fed by a task's events: state, node, step, percent."""
+
+    def __init__(self, console: Console, task_id: str) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[state]:<9}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar: TaskID = self.progress.add_task(task_id, total=100, state="submitted", detail="")
+
+    def __enter__(self) -> TaskProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: TaskEvent) -> None:
+        update: dict[str, Any] = {}
+        if event.event == "status" and event.status:
+            update["state"] = event.status
+            reason = event.data.get("reason")
+            retry = event.data.get("retry_count")
+            if retry:
+                update["detail"] = f"retry {retry}"
+            elif isinstance(reason, str) and reason:
+                update["detail"] = escape(reason)
+        elif event.event == "progress":
+            update["state"] = "running"
+            if event.progress is not None:
+                update["completed"] = max(0.0, min(1.0, event.progress)) * 100
+            parts = []
+            if event.current_node:
+                parts.append(f"node {event.current_node}")
+            if event.step_total:
+                parts.append(f"step {event.step_current or 0}/{event.step_total}")
+            stage = event.data.get("stage")
+            if isinstance(stage, str) and stage:
+                parts.append(stage)
+            update["detail"] = escape(" · ".join(parts))
+        elif event.event == "completed":
+            update.update(state="completed", completed=100, detail="")
+        elif event.event == "failed":
+            update.update(state="failed", detail=escape(event.error or ""))
+        elif event.event == "cancelled":
+            update.update(state="cancelled", detail="")
+        if update:
+            self.progress.update(self.bar, **update)
+
+
+class DownloadBars:
+    """One Rich bar per output file, fed by ``download_outputs(progress=…)``."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console,
+        )
+        self.bars: dict[int, TaskID] = {}
+
+    def __enter__(self) -> DownloadBars:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def __call__(self, step: DownloadProgress) -> None:
+        bar = self.bars.get(step.index)
+        if bar is None:
+            bar = self.bars[step.index] = self.progress.add_task(
+                escape(step.filename), total=step.total
+            )
+        self.progress.update(bar, completed=step.done, total=step.total)
+
+
+def _seconds(task: Task) -> str:
+    if task.completed_at is None:
+        return ""
+    start = task.started_at or task.created_at
+    return f" in {(task.completed_at - start).total_seconds():.1f} s"
+
+
+def _download(client: Runyard, task_id: str, folder: Path, quiet: bool) -> list[Path]:
+    if quiet:
+        return client.download_outputs(task_id, folder)
+    with DownloadBars(err) as bars:
+        return client.download_outputs(task_id, folder, progress=bars)
+
+
+def _finish(client: Runyard, task: Task, folder: Path | None, as_json: bool) -> None:
+    """Report a finished task; download its outputs; exit 1 unless it completed."""
+    result = client.get_result(task.id)
+    files = _download(client, task.id, folder, as_json) if folder and task.ok else []
+    if as_json:
+        print_json({"task": task, "result": result, "files": files})
+    elif task.ok:
+        out.print(f"Task {task.id} completed{_seconds(task)}")
+        _describe_outputs(result, files, folder)
+    if task.ok:
+        return
+    if not as_json:
+        if task.task_status == "cancelled":
+            message = f"error: task {task.id} was cancelled"
+        else:
+            message = f"error: task {task.id} failed: {task.task_error or 'no error message'}"
+        err.print(message, markup=False)
+    raise typer.Exit(1)
+
+
+def _describe_outputs(result: TaskResult, files: list[Path], folder: Path | None) -> None:
+    for path in files:
+        out.print(f"  {path} ({path.stat().st_size:,} bytes)", markup=False)
+    links = len(result.download_urls or {}) or (1 if result.download_url else 0)
+    if folder is not None and not files:
+        out.print("  (no output files to download)")
+    elif folder is None and links:
+        out.print(f"  {links} output file(s): runyard tasks result {result.id} --out DIR")
+
+
+def _watch(client: Runyard, task_id: str, timeout: float | None) -> Task:
+    try:
+        with TaskProgress(err, task_id) as bar:
+            return client.wait(task_id, timeout=timeout, on_event=bar)
+    except KeyboardInterrupt:
+        err.print(f"Stopped watching; the task goes on: runyard tasks watch {task_id}")
+        raise typer.Exit(130) from None
+
+
+def run(
+    workflow: Annotated[str, typer.Argument(help="Slug, slug@version or id of the workflow.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-p",
+            "--param",
+            help="A parameter, key=value; the value is read as JSON when it parses "
+            "(20, true, null) and as text otherwise. Repeat for more.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the task until it ends, with progress.")
+    ] = False,
+    out_dir: OutOpt = None,
+    timeout: TimeoutOpt = None,
+    priority: Annotated[
+        int | None, typer.Option(help="-1000…1000; higher runs first.", show_default="0")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Submitting again with it gives the same task."),
+    ] = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a workflow; prints the task id.
+
+    With --wait (or --out) it follows the task with a progress bar, downloads its outputs and
+    exits 0 only if it completed.
+    """
+    with cli_errors():
+        parameters = parse_params(param)
+        with connect(server, api_key, email, team) as client:
+            task_id = client.submit(
+                workflow, parameters, priority=priority, idempotency_key=idempotency_key
+            )
+            if not (wait or out_dir):
+                if as_json:
+                    print_json({"task_id": task_id})
+                else:
+                    out.print(task_id)
+                return
+            if as_json:
+                task = client.wait(task_id, timeout=timeout)
+            else:
+                err.print(f"Task {task_id} submitted", markup=False)
+                task = _watch(client, task_id, timeout)
+            _finish(client, task, out_dir, as_json)
+
+
+TaskArg = Annotated[str, typer.Argument(help="The task's id.")]
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None,
+        typer.Option(help="pending, waiting, queued, running, completed, failed or cancelled."),
+    ] = None,
+    workflow: Annotated[
+        str | None, typer.Option(help="Only runs of this workflow (slug or id).")
+    ] = None,
+    page: Annotated[int, typer.Option(help="Page, from 1.")] = 1,
+    per_page: Annotated[int, typer.Option("--per-page", help="1 to 100.")] = 20,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The team's tasks, newest first."""
+    with cli_errors():
+        with connect(server, api_key, email, team) as client:
+            workflow_id = client.get_workflow(workflow).id if workflow else None
+            tasks = client.list_tasks(
+                status=status, workflow_id=workflow_id, page=page, per_page=per_page
+            )
+        if as_json:
+            print_json(tasks.items)
+            return
+        grid = table("id", "status", "created", "agent", "error")
+        for t in tasks:
+            grid.add_row(
+                t.id,
+                t.task_status.value,
+                when(t.created_at),
+                escape(t.agent_id or "-"),
+                escape((t.task_error or "")[:60]),
+            )
+        out.print(grid if tasks.items else "No tasks.")
+        if tasks.total_count > len(tasks.items):
+            out.print(f"page {tasks.current_page}, {tasks.total_count} tasks in all")
+
+
+@app.command("show")
+def show(
+    task_id: TaskArg,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One task's status and details."""
+    with cli_errors():
+        with connect(server, api_key, email, team) as client:
+            task = client.get_task(task_id)
+        if as_json:
+            print_json(task)
+            return
+        for name, value in task.model_dump().items():
+            shown = when(value) if name.endswith("_at") else value
+            out.print(f"{name:<16} {'-' if shown is None else shown}", markup=False)
+
+
+@app.command("cancel")
+def cancel(
+    task_id: TaskArg,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a task that has not ended yet (an ended task stays as it is)."""
+    with cli_errors():
+        with connect(server, api_key, email, team) as client:
+            client.cancel_task(task_id)
+            task = client.get_task(task_id)
+        if as_json:
+            print_json(task)
+        else:
+            out.print(f"Task {task_id}: {task.task_status.value}")
+
+
+@app.command("watch")
+def watch(
+    task_id: TaskArg,
+    timeout: TimeoutOpt = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each event as a JSON line instead.")
+    ] = False,
+) -> None:
+    """Follow a task's events until it ends; exit 0 only if it completed."""
+    with cli_errors(), connect(server, api_key, email, team) as client:
+        if as_json:
+            for event in client.events(task_id, timeout=timeout):
+                line = {"id": event.id, "event": event.event, "data": event.data}
+                typer.echo(json.dumps(line))
+            task = client.get_task(task_id)
+            if not task.ok:
+                raise typer.Exit(1)
+            return
+        task = _watch(client, task_id, timeout)
+        _finish(client, task, None, False)
+
+
+@app.command("result")
+def result(
+    task_id: TaskArg,
+    out_dir: OutOpt = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A task's output or error; --out downloads its files."""
+    with cli_errors():
+        with connect(server, api_key, email, team) as client:
+            found = client.get_result(task_id)
+            files = _download(client, task_id, out_dir, as_json) if out_dir else []
+        if as_json:
+            print_json({"result": found, "files": files})
+            return
+        out.print(f"Task {found.id}: {found.task_status.value}")
+        if found.task_error:
+            out.print(f"error: {found.task_error}", markup=False)
+        if found.task_output is not None:
+            out.print(json.dumps(found.task_output, indent=2), markup=False)
+        _describe_outputs(found, files, out_dir)

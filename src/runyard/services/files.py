@@ -1,0 +1,564 @@
+"""Files: input uploads (single and multipart), the inputs of a dispatch, attempt outputs,
+task results with fresh signed links.
+
+Nothing here moves file bytes: callers get signed links and talk to the object store
+directly. Every key is built by :mod:`runyard.objects.keys`; every query is in
+:mod:`runyard.store.files`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from runyard.domain.errors import BadRequest, Gone, NotFound, PayloadTooLarge, PreconditionFailed
+from runyard.domain.ids import new_id
+from runyard.domain.roles import Permission
+from runyard.domain.tasks import TaskStatus
+from runyard.logging import get_logger
+from runyard.objects import (
+    InvalidUpload,
+    ObjectExists,
+    ObjectStore,
+    PartSpec,
+    SignedLink,
+    UploadedPart,
+)
+from runyard.objects.keys import (
+    BadName,
+    attempt_prefix,
+    check_content_type,
+    check_file_name,
+    input_key,
+    input_prefix,
+    output_key,
+)
+from runyard.protocol import v1
+from runyard.services.auth import TeamScope
+from runyard.services.context import ServiceContext
+from runyard.store.files import Attached, FileRepos
+from runyard.store.tables import StoredFile, Task, TaskOutput
+
+log = get_logger("runyard.files")
+
+MIB = 1024 * 1024
+#: S3's limit on the number of parts of one multipart upload.
+MAX_PARTS = 10_000
+#: How each output kind is counted in ``task_output`` (``image_count`` as in the reference).
+_COUNT_NAMES = {"images": "image", "gifs": "gif", "videos": "video", "meshes": "mesh"}
+
+
+def objects(ctx: ServiceContext) -> ObjectStore:
+    if ctx.objects is None:
+        raise RuntimeError("the service context has no object store")
+    return ctx.objects
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _ttl(ctx: ServiceContext) -> int:
+    return ctx.settings.storage.link_ttl_seconds
+
+
+def _describe(size: int) -> str:
+    return f"{size // MIB} MB" if size % MIB == 0 else f"{size:,} bytes"
+
+
+# -- single uploads ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    file_key: str
+    link: SignedLink
+
+
+def _checked_upload(file_name: str, content_type: str) -> tuple[str, str]:
+    try:
+        return check_file_name(file_name), check_content_type(content_type)
+    except BadName as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def _new_file(
+    ctx: ServiceContext, team_id: str, file_name: str, content_type: str, size: int
+) -> StoredFile:
+    now = ctx.now()
+    days = ctx.settings.storage.input_retention_days
+    return StoredFile(
+        file_key=input_key(team_id, new_id(), file_name),
+        team_id=team_id,
+        file_name=file_name,
+        content_type=content_type,
+        file_size=size,
+        created_at=now,
+        expires_at=now + timedelta(days=days) if days > 0 else None,
+    )
+
+
+async def presign_upload(
+    ctx: ServiceContext, scope: TeamScope, file_name: str, file_size: int, content_type: str
+) -> PresignedUpload:
+    """Reserve an input key of the team and sign one ``PUT`` of exactly ``file_size`` bytes."""
+    scope.require(Permission.RUN)
+    file_name, content_type = _checked_upload(file_name, content_type)
+    limit = ctx.settings.storage.max_upload_mb * MIB
+    if file_size > limit:
+        raise PayloadTooLarge(
+            f"file_size {file_size:,} is over the {_describe(limit)} limit of one upload; "
+            "use a multipart upload (POST /uploads/multipart/initiate)"
+        )
+    row = _new_file(ctx, scope.team_id, file_name, content_type, file_size)
+    link = await objects(ctx).presign_put(
+        row.file_key, size=file_size, content_type=content_type, ttl=_ttl(ctx)
+    )
+    async with ctx.db.write() as session:
+        await FileRepos(session).add(row)
+    return PresignedUpload(row.file_key, link)
+
+
+# -- multipart uploads -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Multipart:
+    storage_key: str
+    upload_id: str
+    file_size: int
+    part_size: int
+    part_count: int
+    expires_at: datetime | None
+
+
+def plan_parts(file_size: int, preferred: int) -> tuple[int, int]:
+    """``(part_size, part_count)``: the preferred size, grown to stay within 10,000 parts."""
+    part_size = max(preferred, math.ceil(file_size / MAX_PARTS))
+    return part_size, max(1, math.ceil(file_size / part_size))
+
+
+def _multipart_of(row: StoredFile) -> Multipart:
+    assert row.multipart_upload_id is not None and row.part_size is not None
+    _, count = plan_parts(row.file_size, row.part_size)
+    return Multipart(
+        row.file_key, row.multipart_upload_id, row.file_size, row.part_size, count, row.expires_at
+    )
+
+
+async def initiate_multipart(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    *,
+    file_size: int,
+    storage_key: str | None = None,
+    file_name: str | None = None,
+    content_type: str | None = None,
+) -> Multipart:
+    """Start a multipart upload: to a key reserved by ``POST /r/files/presign`` (the
+    reference's way) or to a new input key for ``file_name`` and ``content_type``."""
+    scope.require(Permission.RUN)
+    storage = ctx.settings.storage
+    limit = storage.max_multipart_gb * 1024 * MIB
+    if file_size < 1:
+        raise BadRequest("file_size must be at least 1 byte")
+    if file_size > limit:
+        raise PayloadTooLarge(f"file_size {file_size:,} is over the {_describe(limit)} limit")
+    if storage_key is not None:
+        async with ctx.db.read() as session:
+            row = await _team_file(FileRepos(session), scope.team_id, storage_key)
+        if row.multipart_upload_id is not None:
+            raise PreconditionFailed("a multipart upload to this storage_key is already started")
+        if row.uploaded_at is not None or await objects(ctx).exists(row.file_key):
+            raise PreconditionFailed("this storage_key has already been uploaded")
+        if row.file_size != file_size:
+            raise BadRequest(
+                f"file_size {file_size} differs from the {row.file_size} declared at presign"
+            )
+        is_new = False
+    else:
+        if file_name is None or content_type is None:
+            raise BadRequest("give storage_key, or file_name and content_type")
+        file_name, content_type = _checked_upload(file_name, content_type)
+        row = _new_file(ctx, scope.team_id, file_name, content_type, file_size)
+        is_new = True
+    part_size, _ = plan_parts(file_size, storage.multipart_part_mb * MIB)
+    upload_id = await objects(ctx).initiate_multipart(row.file_key, content_type=row.content_type)
+    async with ctx.db.write() as session:
+        repos = FileRepos(session)
+        if is_new:
+            current: StoredFile | None = row
+            session.add(row)
+        else:
+            current = await repos.file(row.file_key)
+        if current is None or current.multipart_upload_id is not None:
+            await objects(ctx).abort_multipart(row.file_key, upload_id)
+            raise PreconditionFailed("a multipart upload to this storage_key is already started")
+        current.multipart_upload_id = upload_id
+        current.part_size = part_size
+        await session.flush()
+    return _multipart_of(current)
+
+
+async def _team_file(repos: FileRepos, team_id: str, key: str) -> StoredFile:
+    row = await repos.file(key)
+    if row is None or row.team_id != team_id:
+        # Another team's key answers exactly like a key that does not exist.
+        raise BadRequest("storage_key is not an input file of this team")
+    return row
+
+
+async def _upload_of(
+    ctx: ServiceContext, scope: TeamScope, storage_key: str, upload_id: str
+) -> StoredFile:
+    scope.require(Permission.RUN)
+    async with ctx.db.read() as session:
+        row = await _team_file(FileRepos(session), scope.team_id, storage_key)
+    if row.multipart_upload_id is None or row.multipart_upload_id != upload_id:
+        raise NotFound("no such multipart upload")
+    return row
+
+
+async def part_links(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    storage_key: str,
+    upload_id: str,
+    part_numbers: Sequence[int] | None = None,
+) -> tuple[Multipart, list[tuple[int, SignedLink]]]:
+    """Signed ``PUT`` links for the parts asked for (all of them by default)."""
+    row = await _upload_of(ctx, scope, storage_key, upload_id)
+    upload = _multipart_of(row)
+    numbers = list(part_numbers) if part_numbers else list(range(1, upload.part_count + 1))
+    bad = [n for n in numbers if not 1 <= n <= upload.part_count]
+    if bad:
+        raise BadRequest(f"part numbers go from 1 to {upload.part_count}, not {bad[0]}")
+    specs = []
+    for n in dict.fromkeys(numbers):
+        offset = (n - 1) * upload.part_size
+        specs.append(PartSpec(n, min(upload.part_size, upload.file_size - offset), offset))
+    links = await objects(ctx).presign_parts(row.file_key, upload_id, specs, ttl=_ttl(ctx))
+    return upload, [(spec.number, link) for spec, link in zip(specs, links, strict=True)]
+
+
+async def complete_multipart(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    storage_key: str,
+    upload_id: str,
+    parts: Sequence[UploadedPart],
+) -> str:
+    """Assemble the parts; returns the ``file_key`` to pass as a ``file`` parameter."""
+    row = await _upload_of(ctx, scope, storage_key, upload_id)
+    upload = _multipart_of(row)
+    if [p.number for p in parts] != list(range(1, upload.part_count + 1)):
+        raise BadRequest(f"list every part, in order, from 1 to {upload.part_count}")
+    store = objects(ctx)
+    try:
+        await store.complete_multipart(row.file_key, upload_id, parts)
+    except ObjectExists as exc:
+        raise PreconditionFailed("this storage_key has already been uploaded") from exc
+    except InvalidUpload as exc:
+        raise BadRequest(str(exc)) from exc
+    info = await store.head(row.file_key)
+    if info is None or info.size != row.file_size:
+        await store.delete(row.file_key)
+        raise BadRequest("the uploaded parts do not add up to file_size; upload again")
+    async with ctx.db.write() as session:
+        current = await FileRepos(session).file(row.file_key)
+        if current is not None:
+            current.multipart_upload_id = None
+            current.uploaded_at = ctx.now()
+    return row.file_key
+
+
+async def abort_multipart(
+    ctx: ServiceContext, scope: TeamScope, storage_key: str, upload_id: str
+) -> None:
+    row = await _upload_of(ctx, scope, storage_key, upload_id)
+    await objects(ctx).abort_multipart(row.file_key, upload_id)
+    async with ctx.db.write() as session:
+        await FileRepos(session).delete_file(row.file_key)
+
+
+# -- inputs of tasks ---------------------------------------------------------------------------
+
+
+def is_team_input(team_id: str, key: str) -> bool:
+    """``key`` names a file under this team's input prefix, with no ``..`` to climb out."""
+    prefix = input_prefix(team_id)
+    if not key.startswith(prefix):
+        return False
+    parts = key[len(prefix) :].split("/")
+    return all(part not in ("", ".", "..") for part in parts) and "\\" not in key
+
+
+async def check_inputs(ctx: ServiceContext, team_id: str, inputs: Mapping[str, Any]) -> None:
+    """Every ``file`` parameter names an uploaded, unexpired input of the team."""
+    keys = [v for v in inputs.values() if isinstance(v, str)]
+    async with ctx.db.read() as session:
+        rows = await FileRepos(session).files(keys)
+    now = ctx.now()
+    confirmed: list[str] = []
+    for param, key in inputs.items():
+        where = f"parameter {param!r}"
+        row = rows.get(key) if isinstance(key, str) else None
+        if row is None or row.team_id != team_id or not is_team_input(team_id, key):
+            raise BadRequest(f"{where}: {key!r} is not an input file of this team")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise BadRequest(f"{where}: {key!r} has expired; upload it again")
+        if row.uploaded_at is not None:
+            continue
+        if row.multipart_upload_id is not None:
+            raise BadRequest(f"{where}: the multipart upload of {key!r} is not complete")
+        info = await objects(ctx).head(key)
+        if info is None:
+            raise BadRequest(f"{where}: {key!r} has not been uploaded yet")
+        if info.size != row.file_size:
+            await objects(ctx).delete(key)
+            raise BadRequest(
+                f"{where}: {key!r} has {info.size} bytes, not the {row.file_size} declared"
+            )
+        confirmed.append(key)
+    if confirmed:
+        async with ctx.db.write() as session:
+            for key in confirmed:
+                current = await FileRepos(session).file(key)
+                if current is not None and current.uploaded_at is None:
+                    current.uploaded_at = now
+
+
+async def record_task_inputs(
+    session: AsyncSession, task_id: str, inputs: Mapping[str, str]
+) -> None:
+    """In the submit transaction: which file each ``file`` parameter of the task names."""
+    if inputs:
+        await FileRepos(session).add_task_inputs(task_id, inputs)
+
+
+def may_have_inputs(task: Task) -> bool:
+    """Cheap pre-check before a dispatch looks for file parameters."""
+    return any(isinstance(v, str) and v.startswith("inputs/") for v in task.parameters.values())
+
+
+async def dispatch_inputs(ctx: ServiceContext, task: Task) -> dict[str, str]:
+    """Parameter key → a fresh signed download link, for the dispatch of an attempt."""
+    if not may_have_inputs(task):
+        return {}
+    async with ctx.db.read() as session:
+        rows = await FileRepos(session).task_inputs(task.id)
+    links: dict[str, str] = {}
+    for param, row, key in rows:
+        if row is None:
+            log.warning("task_input_missing", task_id=task.id, file_key=key)
+            continue
+        link = await objects(ctx).presign_get(
+            key, ttl=_ttl(ctx), content_type=row.content_type, file_name=row.file_name
+        )
+        links[param] = link.url
+    return links
+
+
+# -- outputs of attempts -----------------------------------------------------------------------
+
+
+async def output_links(ctx: ServiceContext, frame: v1.UploadRequest) -> v1.UploadLinks:
+    """Links for an attempt's outputs under ``tasks/<task_id>/<attempt>/``. The caller has
+    checked that the attempt is the task's current one (fencing)."""
+    reply: dict[str, Any] = {
+        "task_id": frame.task_id,
+        "attempt": frame.attempt,
+        "request_id": frame.request_id,
+    }
+    specs: list[tuple[v1.UploadFile, str, str]] = []
+    seen: set[str] = set()
+    try:
+        for f in frame.files:
+            key = output_key(frame.task_id, frame.attempt, f.name)
+            content_type = check_content_type(f.content_type)
+            if key in seen:
+                raise BadName(f"name {f.name!r} is listed twice")
+            seen.add(key)
+            specs.append((f, key, content_type))
+    except BadName as exc:
+        return v1.UploadLinks(**reply, error=str(exc))
+    now = ctx.now()
+    async with ctx.db.write() as session:
+        repos = FileRepos(session)
+        for f, key, content_type in specs:
+            await repos.record_output(
+                TaskOutput(
+                    task_id=frame.task_id,
+                    attempt=frame.attempt,
+                    storage_key=key,
+                    name=f.name,
+                    content_type=content_type,
+                    size=f.size,
+                    created_at=now,
+                )
+            )
+    links = []
+    for f, key, content_type in specs:
+        link = await objects(ctx).presign_put(
+            key, size=f.size, content_type=content_type, ttl=_ttl(ctx)
+        )
+        links.append(
+            v1.UploadLink(
+                name=f.name,
+                key=key,
+                url=link.url,
+                headers=link.headers,
+                expires_at=_iso(link.expires_at),
+            )
+        )
+    return v1.UploadLinks(**reply, links=links)
+
+
+@dataclass(frozen=True)
+class PreparedOutput:
+    """What a ``complete`` frame's manifest becomes, checked against what the attempt was
+    given links for and what is in storage; attached inside the completing transaction."""
+
+    task_output: dict[str, Any]
+    attached: list[Attached] = field(default_factory=list)
+
+
+def _count_name(kind: str) -> str:
+    return f"{_COUNT_NAMES.get(kind, kind)}_count"
+
+
+async def prepare_outputs(ctx: ServiceContext, frame: v1.Complete) -> PreparedOutput:
+    """Only files this attempt got links for and really uploaded are kept; the rest of the
+    manifest passes through. A manifest without an ``outputs`` list is kept as it is."""
+    manifest = dict(frame.output)
+    listed = manifest.get("outputs")
+    if not isinstance(listed, list):
+        return PreparedOutput(manifest)
+    async with ctx.db.read() as session:
+        issued = await FileRepos(session).attempt_outputs(frame.task_id, frame.attempt)
+    present = (
+        {
+            o.key: o.size
+            for o in await objects(ctx).list_prefix(attempt_prefix(frame.task_id, frame.attempt))
+        }
+        if issued
+        else {}
+    )
+    outputs: list[dict[str, Any]] = []
+    attached: list[Attached] = []
+    counts: dict[str, int] = {"image_count": 0}
+    dropped = 0
+    for entry in listed:
+        key = entry.get("storage_key") if isinstance(entry, dict) else None
+        row = issued.get(key) if isinstance(key, str) else None
+        if row is None or row.storage_key not in present:
+            dropped += 1
+            continue
+        assert isinstance(entry, dict)
+        node_id = str(entry.get("node_id") or "")[:100]
+        kind = str(entry.get("kind") or "files")[:50]
+        file_name = entry.get("file_name") or entry.get("filename") or row.name
+        outputs.append(
+            {
+                "node_id": node_id,
+                "kind": kind,
+                "file_name": str(file_name)[:255],
+                "content_type": row.content_type,
+                "size": present[row.storage_key],
+                "storage_key": row.storage_key,
+            }
+        )
+        attached.append(Attached(row.storage_key, len(attached), node_id, kind))
+        counts[_count_name(kind)] = counts.get(_count_name(kind), 0) + 1
+    if dropped:
+        log.warning(
+            "outputs_dropped",
+            task_id=frame.task_id,
+            attempt=frame.attempt,
+            dropped=dropped,
+            detail="listed in the manifest without an upload link of this attempt, or missing",
+        )
+    passthrough = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("outputs", "storage_key") and not k.endswith("_count")
+    }
+    task_output = {
+        "storage_key": outputs[0]["storage_key"] if outputs else None,
+        **counts,
+        **passthrough,
+        "outputs": outputs,
+    }
+    return PreparedOutput(task_output, attached)
+
+
+async def attach_outputs(
+    session: AsyncSession, frame: v1.Complete, prepared: PreparedOutput
+) -> None:
+    """In the transaction that completes the task (so only the winning attempt's files)."""
+    if prepared.attached:
+        await FileRepos(session).attach(frame.task_id, frame.attempt, prepared.attached)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultLinks:
+    task_output: dict[str, Any] | None
+    download_url: str | None = None
+    download_urls: dict[str, str] | None = None
+    expires_at: datetime | None = None
+
+
+async def result(ctx: ServiceContext, task: Task) -> ResultLinks:
+    """The task's output with fresh links (or, once retention removed it, ``expired``)."""
+    if task.task_status != TaskStatus.COMPLETED.value or task.task_output is None:
+        return ResultLinks(None)
+    async with ctx.db.read() as session:
+        rows = await FileRepos(session).task_outputs(task.id)
+    if not rows:
+        return ResultLinks(task.task_output)
+    if any(row.deleted_at is not None for row in rows):
+        return ResultLinks({**task.task_output, "expired": True})
+    urls: dict[str, str] = {}
+    first: str | None = None
+    expires_at: datetime | None = None
+    seen: dict[tuple[str, str], int] = {}
+    for row in rows:
+        link = await _output_link(ctx, row)
+        group = (row.node_id or "", row.kind or "files")
+        index = seen.get(group, 0)
+        seen[group] = index + 1
+        urls[f"{group[0]}.{group[1]}.{index}"] = link.url
+        first = first or link.url
+        expires_at = link.expires_at
+    return ResultLinks(task.task_output, first, urls, expires_at)
+
+
+async def _output_link(ctx: ServiceContext, row: TaskOutput) -> SignedLink:
+    return await objects(ctx).presign_get(
+        row.storage_key,
+        ttl=_ttl(ctx),
+        content_type=row.content_type,
+        file_name=row.name.rsplit("/", 1)[-1],
+    )
+
+
+async def output_link(ctx: ServiceContext, task: Task, index: int) -> str:
+    """A fresh link to output ``index`` of a completed task (``404``; ``410`` once swept)."""
+    if task.task_status != TaskStatus.COMPLETED.value:
+        raise NotFound("the task has no outputs (it has not completed)")
+    async with ctx.db.read() as session:
+        rows = await FileRepos(session).task_outputs(task.id)
+    if not 0 <= index < len(rows):
+        raise NotFound(f"the task has {len(rows)} output(s); there is no output {index}")
+    row = rows[index]
+    if row.deleted_at is not None:
+        raise Gone("this output was removed by the retention policy")
+    return (await _output_link(ctx, row)).url

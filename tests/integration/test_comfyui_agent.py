@@ -1,0 +1,156 @@
+"""A live server, a real ``GatewayClient`` + ``ComfyUIRunner`` and ``FakeComfyUI`` on loopback:
+tasks run end to end through ComfyUI's real protocol (both databases)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from runyard.agent.client import GatewayClient
+from runyard.agent.comfyui import ComfyUIRunner, attempt_prompt_id
+from runyard.config import Settings
+from runyard.store.work import WorkRepos
+from tests.fakes.comfyui import FakeComfyUI
+from tests.integration.live import LiveServer, LiveTeam, api, fast, live_server, live_team
+
+
+@dataclass
+class Rig:
+    server: LiveServer
+    team: LiveTeam
+    comfy: FakeComfyUI
+    runner: ComfyUIRunner
+    client: GatewayClient
+
+    async def events(self, task_id: str) -> list[tuple[str, dict[str, Any]]]:
+        async with self.server.ctx.db.read() as session:
+            stored = await WorkRepos(session).events(task_id)
+        return [(e.event_type, e.payload) for e in stored]
+
+    async def result(self, task_id: str) -> dict[str, Any]:
+        response = await self.team.client.get(
+            f"/r/tasks/{task_id}/result", headers=self.team.sk_headers
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait_step(self, task_id: str, step: int = 1) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                if any(
+                    kind == "progress" and (data.get("step_current") or 0) >= step
+                    for kind, data in await self.events(task_id)
+                ):
+                    return
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def rig(settings: Settings) -> AsyncIterator[Rig]:
+    async with live_server(fast(settings)) as server:
+        # Local object storage links point at this server, whose port is known only now.
+        server.ctx.settings.server.public_url = server.url
+        async with api(server) as client, FakeComfyUI(step_delay=0.03, steps_override=6) as comfy:
+            team = await live_team(server, client, required_labels=["gpu", "comfyui"])
+            runner = ComfyUIRunner(
+                comfy.url,
+                client_id="runyard-agent-1",
+                progress_interval=0.0,
+                poll_interval=0.05,
+                watchdog_interval=0.5,
+                health_interval=0.2,
+                health_timeout=0.5,
+            )
+            detected = await runner.detect()
+            gateway = GatewayClient(
+                server.url,
+                team.agent_key,
+                runner,
+                agent_id="agent-1",
+                labels=detected.labels(),
+                system_stats=detected.system_stats(),
+                comfyui_version=detected.comfyui_version,
+                backoff_base=0.05,
+                backoff_max=0.2,
+            )
+            run = asyncio.create_task(gateway.run())
+            watch = asyncio.create_task(runner.watch(gateway))
+            try:
+                await asyncio.wait_for(gateway.wait_connected(), 10)
+                yield Rig(server, team, comfy, runner, gateway)
+            finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+                await gateway.stop(0)
+                await run
+                await runner.aclose()
+
+
+async def test_text_to_image_completes_with_step_progress_and_outputs(rig: Rig) -> None:
+    task_id = await rig.team.run(parameters={"prompt": "a red fox", "steps": 6})
+    await rig.team.wait(task_id, "completed")
+
+    events = await rig.events(task_id)
+    steps = [
+        d.get("step_current") for k, d in events if k == "progress" and d.get("current_node") == "3"
+    ]
+    assert [s for s in steps if s] == [1, 2, 3, 4, 5, 6]
+    progress = [d["progress"] for k, d in events if k == "progress" and d.get("progress")]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    result = await rig.result(task_id)
+    (out,) = result["task_output"]["outputs"]
+    assert (out["node_id"], out["kind"], out["content_type"]) == ("9", "images", "image/png")
+    assert result["task_output"]["prompt_id"] == attempt_prompt_id(task_id, 1)
+    async with httpx.AsyncClient() as http:
+        downloaded = (await http.get(result["download_url"])).content
+    assert downloaded == (rig.comfy.output_dir / out["file_name"]).read_bytes()
+
+
+async def test_cancel_interrupts_exactly_that_prompt(rig: Rig) -> None:
+    rig.comfy.steps_override = 200
+    task_id = await rig.team.run()
+    await rig.wait_step(task_id)
+    prompt_id = attempt_prompt_id(task_id, 1)
+    response = await rig.team.client.post(f"/r/tasks/{task_id}/cancel", headers=rig.team.sk_headers)
+    assert response.status_code == 200, response.text
+    await rig.team.wait(task_id, "cancelled")
+    entry = await rig.comfy.wait_history(prompt_id)
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    assert rig.comfy.running_prompt_id is None
+
+
+async def test_node_error_fails_without_retry(rig: Rig) -> None:
+    rig.comfy.fail_node("VAEDecode", "tensor shapes do not match")
+    task_id = await rig.team.run()
+    body = await rig.team.wait(task_id, "failed")
+    assert body["retry_count"] == 0
+    assert "node 8 (VAEDecode)" in body["task_error"]
+    assert "tensor shapes do not match" in body["task_error"]
+
+
+async def test_comfyui_restart_mid_run_is_retried(rig: Rig) -> None:
+    rig.comfy.steps_override = 30
+    task_id = await rig.team.run()
+    await rig.wait_step(task_id)
+    await rig.comfy.restart(down_for=0.2)
+    body = await rig.team.wait(task_id, "completed", timeout=20)
+    assert body["retry_count"] == 1
+    assert rig.comfy.history == {} or attempt_prompt_id(task_id, 2) not in rig.comfy.history
+
+
+async def test_socket_drop_mid_run_still_completes_through_history(rig: Rig) -> None:
+    rig.comfy.drop_ws_at_step = 2
+    task_id = await rig.team.run()
+    body = await rig.team.wait(task_id, "completed")
+    assert body["retry_count"] == 0
+    assert rig.runner.socket.connections >= 2
+    assert rig.comfy.count("GET", "/history/{prompt_id}") >= 2
+    assert len((await rig.result(task_id))["task_output"]["outputs"]) == 1
