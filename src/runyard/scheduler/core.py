@@ -273,6 +273,7 @@ class Scheduler:
         if not ids:
             return
         now = self.ctx.now()
+        moved: list[str] = []
         async with self.ctx.db.write() as session:
             repos = WorkRepos(session)
             for task_id in ids:
@@ -282,6 +283,12 @@ class Scheduler:
                 await repos.change_status(
                     task, TaskStatus.WAITING, now, extra={"reason": "waiting for eligible agent"}
                 )
+                moved.append(task_id)
+        # Another replica may have skipped these rows while we held them locked (and dropped
+        # them from its index): announce them again so every replica can place them.
+        if not self.ctx.db.is_sqlite:
+            for task_id in moved:
+                await self.announce_ready(task_id)
 
     # -- agents ----------------------------------------------------------------------------
 
