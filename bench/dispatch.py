@@ -504,6 +504,15 @@ async def measure_throughput(
     )
 
 
+@dataclass
+class Probes:
+    """Submits made while the restarted server marks its backlog ``waiting``."""
+
+    accepted: int = 0
+    refused: list[str] = field(default_factory=list)
+    slowest: float = 0.0
+
+
 async def insert_backlog(db_url: str, team: Team, count: int, concurrency: int) -> float:
     """Submit ``count`` unmatched tasks through the service layer (server stopped)."""
     from runyard.config import Settings
@@ -570,6 +579,7 @@ def report(
     flow: Throughput,
     control: Latency,
     backlog: Latency,
+    probes: Probes,
     load_seconds: float,
     load_at_start: float,
 ) -> str:
@@ -625,6 +635,13 @@ def report(
         ),
         ("    max with the backlog", f"{backlog.worst:.2f} ms", "", ""),
         ("    backlog 'waiting' after the restart", f"{load_seconds:.1f} s", "", ""),
+        (
+            "    submits meanwhile: slowest, failed",
+            f"{probes.slowest * 1000:.0f} ms, {len(probes.refused)} of "
+            f"{probes.accepted + len(probes.refused)}",
+            "",
+            "",
+        ),
         (
             "    backlog vs control, p50",
             f"{p50_change:+.0%}",
@@ -700,16 +717,34 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         server.start()
         async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=60) as client:
             started = time.monotonic()
+            # Meanwhile, can clients still write? Submit one more unmatched task per probe.
+            probes = Probes()
 
             async def loaded() -> bool:
-                return await count_tasks(client, team, "waiting") >= plan.backlog
+                asked = time.perf_counter()
+                try:
+                    await run_task(client, team, "bench-unmatched-0")
+                    probes.accepted += 1
+                except RuntimeError as exc:
+                    probes.refused.append(str(exc)[:120])
+                except httpx.HTTPError as exc:
+                    probes.refused.append(f"{type(exc).__name__}: {exc}"[:120])
+                probes.slowest = max(probes.slowest, time.perf_counter() - asked)
+                try:
+                    waiting = await count_tasks(client, team, "waiting")
+                except httpx.HTTPError as exc:  # a 500 here is a failed write too
+                    probes.refused.append(f"listing: {type(exc).__name__}: {exc}"[:120])
+                    return False
+                return waiting >= plan.backlog + probes.accepted
 
             await wait_for(loaded, 300, "backlog marked waiting", pause=0.2)
             load_seconds = time.monotonic() - started
             say(f"    backlog waiting {load_seconds:.1f} s after the restart; measuring")
+            for refusal in probes.refused:
+                say(f"    a submit during the restart failed: {refusal}")
             backlog = await measure_latency(client, team, server, plan.latency_samples, plan.warmup)
             say(f"    p50 {backlog.p50:.2f} ms, p99 {backlog.p99:.2f} ms")
-            if await count_tasks(client, team, "waiting") < plan.backlog:
+            if await count_tasks(client, team, "waiting") < plan.backlog + probes.accepted:
                 say("warning: some unmatched tasks left 'waiting' during the run")
     except BaseException:
         say(f"server log tail:\n{server.log_tail()}")
@@ -719,7 +754,20 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
         if pg_name:
             await drop_pg_database(args.pg_url, pg_name)
             say(f"dropped database {pg_name}")
-    print(report(args, plan, db_version, idle, flow, control, backlog, load_seconds, load_at_start))
+    print(
+        report(
+            args,
+            plan,
+            db_version,
+            idle,
+            flow,
+            control,
+            backlog,
+            probes,
+            load_seconds,
+            load_at_start,
+        )
+    )
     return 0
 
 
