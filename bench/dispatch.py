@@ -211,6 +211,11 @@ class Tally:
         if self.target and self.count >= self.target:
             self.reached.set()
 
+    def expect(self, target: int) -> None:
+        self.target = target
+        if self.count >= target:
+            self.reached.set()
+
 
 class BenchAgent:
     """Speaks protocol v1 frame by frame (raw JSON): ``ack`` and ``complete`` every dispatch
@@ -426,6 +431,8 @@ async def measure_latency(
 @dataclass
 class Throughput:
     tasks: int
+    #: Submits the server refused (HTTP 5xx or a dropped connection); not in ``tasks``.
+    refused: list[str]
     seconds: float
     submit_seconds: float
     server_cpu: float
@@ -459,7 +466,7 @@ async def measure_throughput(
     plan: Plan,
     profile: Path | None = None,
 ) -> Throughput:
-    tally = Tally(target=plan.throughput_tasks)
+    tally = Tally()
     agents = [
         BenchAgent(server.ws_url, team.agent_key, f"bench-{n:02d}", tally)
         for n in range(plan.throughput_agents)
@@ -468,10 +475,14 @@ async def measure_throughput(
         await agent.start()
     workflow_id = team.workflows["bench-throughput"]
     todo = iter(range(plan.throughput_tasks))
+    refused: list[str] = []
 
     async def submitter() -> None:
         for _ in todo:
-            await run_task(client, team, "bench-throughput")
+            try:
+                await run_task(client, team, "bench-throughput")
+            except (RuntimeError, httpx.HTTPError) as exc:
+                refused.append(f"{type(exc).__name__}: {exc}"[:160])
 
     profiler: subprocess.Popen[bytes] | None = None
     try:
@@ -482,6 +493,7 @@ async def measure_throughput(
         started = time.perf_counter()
         await asyncio.gather(*(submitter() for _ in range(plan.submitters)))
         submitted = time.perf_counter()
+        tally.expect(plan.throughput_tasks - len(refused))
         await asyncio.wait_for(tally.reached.wait(), 600)
 
         async def all_completed() -> bool:
@@ -495,8 +507,11 @@ async def measure_throughput(
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=60)
         await asyncio.gather(*(agent.close() for agent in agents))
+    for refusal in refused:
+        say(f"    a submit failed: {refusal}")
     return Throughput(
-        plan.throughput_tasks,
+        tally.target,
+        refused,
         finished - started,
         submitted - started,
         cpu_server / (finished - started),
@@ -611,6 +626,12 @@ def report(
         (
             f"    submits/s alone ({plan.submitters} HTTP clients)",
             f"{flow.tasks / flow.submit_seconds:.0f} /s",
+            "",
+            "",
+        ),
+        (
+            "    submits refused by the server",
+            f"{len(flow.refused)} of {flow.tasks + len(flow.refused)}",
             "",
             "",
         ),
