@@ -15,10 +15,9 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import text
-
 from runyard.logging import get_logger
 from runyard.store.db import Database
+from runyard.store.notify import pg_notify
 
 log = get_logger("runyard.bus")
 
@@ -129,12 +128,7 @@ class PostgresBus(Bus):
         # Called after a commit: a failure here must not make the committed write look failed
         # to its caller. Receivers sweep periodically, so a lost message only costs latency.
         try:
-            async with self._db.engine.connect() as conn:
-                await conn.execute(
-                    text("SELECT pg_notify(:channel, :payload)"),
-                    {"channel": CHANNEL_PREFIX + channel, "payload": payload},
-                )
-                await conn.commit()
+            await pg_notify(self._db, CHANNEL_PREFIX + channel, payload)
         except Exception:
             log.exception("bus_publish_failed", channel=channel)
 

@@ -20,14 +20,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from runyard.domain.tasks import TaskStatus
 from runyard.events.bus import Bus
 from runyard.logging import get_logger
 from runyard.services.context import ServiceContext
 from runyard.store.db import Database
-from runyard.store.tables import Task, TaskEvent
+from runyard.store.tables import TaskEvent
 from runyard.store.work import WorkRepos
 
 log = get_logger("runyard.events")
@@ -191,10 +189,9 @@ async def _read_events(db: Database, task_id: str, after: int) -> tuple[list[Eve
     read next include the terminal one (unless it is at or before ``after``).
     """
     async with db.read() as session:
-        status = (
-            await session.execute(select(Task.task_status).where(Task.id == task_id))
-        ).scalar_one_or_none()
-        rows = await WorkRepos(session).events(task_id, after=after, limit=READ_BATCH)
+        repos = WorkRepos(session)
+        status = await repos.task_status(task_id)
+        rows = await repos.events(task_id, after=after, limit=READ_BATCH)
     ended = status is None or TaskStatus(status).is_terminal
     return [Event.of(row) for row in rows], ended
 

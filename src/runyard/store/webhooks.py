@@ -51,6 +51,9 @@ class WebhookRepos:
         row = await self.session.get(WebhookDelivery, delivery_id)
         return row if row is not None and row.webhook_id == webhook_id else None
 
+    async def delivery_by_id(self, delivery_id: str) -> WebhookDelivery | None:
+        return await self.session.get(WebhookDelivery, delivery_id)
+
     async def deliveries(
         self, webhook_id: str, page: Page
     ) -> tuple[Sequence[WebhookDelivery], int]:

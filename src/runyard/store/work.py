@@ -217,6 +217,12 @@ class WorkRepos:
             self.session.info["webhook_outbox"] = True
         await self.session.flush()
 
+    async def task_status(self, task_id: str) -> str | None:
+        """The task's status, or None when it does not exist (any team)."""
+        return (
+            await self.session.execute(select(Task.task_status).where(Task.id == task_id))
+        ).scalar_one_or_none()
+
     async def events(self, task_id: str, after: int = 0, limit: int = 1000) -> Sequence[TaskEvent]:
         result = await self.session.execute(
             select(TaskEvent)

@@ -19,7 +19,7 @@ from runyard.domain.errors import BadRequest
 from runyard.domain.webhooks import next_delay, raw_body, signature_256, standard_signature
 from runyard.logging import get_logger
 from runyard.services.context import ServiceContext
-from runyard.store.tables import WebhookAttempt, WebhookDelivery
+from runyard.store.tables import WebhookAttempt
 from runyard.store.webhooks import WebhookRepos
 from runyard.webhooks.urls import check_destination
 
@@ -101,7 +101,7 @@ class Deliverer:
         async with self._semaphore:
             async with self.ctx.db.read() as session:
                 repos = WebhookRepos(session)
-                delivery = await session.get(WebhookDelivery, delivery_id)
+                delivery = await repos.delivery_by_id(delivery_id)
                 webhook = await repos.webhook_by_id(delivery.webhook_id) if delivery else None
             if delivery is None or webhook is None:
                 return
@@ -156,12 +156,13 @@ class Deliverer:
     ) -> None:
         now = self.ctx.now()
         async with self.ctx.db.write() as session:
-            delivery = await session.get(WebhookDelivery, delivery_id)
+            repos = WebhookRepos(session)
+            delivery = await repos.delivery_by_id(delivery_id)
             if delivery is None:
                 return
             delivery.attempt_count += 1
             delivery.attempts_in_round += 1
-            session.add(
+            await repos.add(
                 WebhookAttempt(
                     delivery_id=delivery_id,
                     attempt=delivery.attempt_count,
@@ -178,7 +179,7 @@ class Deliverer:
                 delivery.delivery_status = "delivered"
                 delivery.delivered_at = now
                 delivery.next_attempt_at = None
-                webhook = await WebhookRepos(session).webhook_by_id(delivery.webhook_id)
+                webhook = await repos.webhook_by_id(delivery.webhook_id)
                 if webhook is not None:
                     webhook.last_delivered_at = now
             else:
