@@ -23,35 +23,43 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
-import platform
-import resource
-import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-#: A one-node API-format graph: rendering stays out of the figures.
-NOOP_GRAPH = {"1": {"class_type": "Noop", "inputs": {}}}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    DEFAULT_PG_URL,
+    ServerProcess,
+    create_key,
+    create_pg_database,
+    drop_pg_database,
+    import_workflow,
+    machine,
+    own_cpu,
+    percentile,
+    register_owner,
+    say,
+    server_env,
+    wait_for,
+)
+from _common import run_task as run_slug
+
 #: Label sets of the unmatched backlog: the agents have ``gpu`` only.
 UNMATCHED_LABEL_SETS = 10
-PASSWORD = "bench-password-1"
 
 
 @dataclass(frozen=True)
@@ -66,133 +74,6 @@ class Plan:
 
 FULL = Plan(latency_samples=300, throughput_tasks=2000)
 QUICK = Plan(latency_samples=50, throughput_tasks=300)
-
-
-# -- the server process ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """``python -m runyard.cli.main server`` on a free port, as an operator starts it."""
-
-    def __init__(self, db_url: str, data_dir: Path, env: dict[str, str]) -> None:
-        self.db_url = db_url
-        self.data_dir = data_dir
-        self.env = env
-        self.log_path = data_dir.parent / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
-        env.update(self.env, RUNYARD_DATABASE_URL=self.db_url)
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "runyard.cli.main",
-                    "server",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not become ready; log:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1) + "/api/v1/agent/ws"
-
-
-def server_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {
-        "RUNYARD_LOGGER_LEVEL": "warn",
-        "RUNYARD_LOGGER_FORMAT": "json",
-        # Password hashing only matters for the setup logins; keep it cheap.
-        "RUNYARD_AUTH_ARGON2_TIME_COST": "1",
-        "RUNYARD_AUTH_ARGON2_MEMORY_COST_KIB": "64",
-        "RUNYARD_AUTH_ARGON2_PARALLELISM": "1",
-    }
-    if args.db == "sqlite":
-        env["RUNYARD_DATABASE_SQLITE_SYNCHRONOUS"] = args.sqlite_synchronous
-    return env
-
-
-# -- databases ---------------------------------------------------------------------------------
-
-
-async def create_pg_database(admin_url: str) -> tuple[str, str, str]:
-    """A fresh database next to ``admin_url``'s → (its name, its URL, the server version)."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    name = f"runyard_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        version = str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    return name, url, version
-
-
-async def drop_pg_database(admin_url: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # -- a protocol-level agent --------------------------------------------------------------------
@@ -301,26 +182,9 @@ class Team:
 
 
 async def setup_team(client: httpx.AsyncClient) -> Team:
-    email = f"bench-{secrets.token_hex(4)}@example.com"
-    creds = {"email_address": email, "user_password": PASSWORD}
-    (await client.post("/auth/register", json=creds)).raise_for_status()
-    login = await client.post("/auth/login", json=creds)
-    login.raise_for_status()
-    jwt = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    me = await client.get("/users/me", headers=jwt)
-    me.raise_for_status()
-    team_id = me.json()["team_list"][0]["id"]
-    owner = {**jwt, "X-Team-ID": team_id}
-
-    async def key(kind: str) -> dict[str, Any]:
-        response = await client.post(
-            "/credentials", headers=owner, json={"kind": kind, "display_name": f"bench {kind}"}
-        )
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
-
-    sk, ak = await key("integration"), await key("agent")
+    team_id, owner = await register_owner(client)
+    sk = await create_key(client, owner, "integration")
+    ak = await create_key(client, owner, "agent")
     team = Team(
         team_id, owner, {"Authorization": f"Bearer {sk['raw_key']}"}, ak["raw_key"], sk["id"]
     )
@@ -328,27 +192,12 @@ async def setup_team(client: httpx.AsyncClient) -> Team:
     for n in range(UNMATCHED_LABEL_SETS):
         specs[f"bench-unmatched-{n}"] = ["gpu", f"unobtainium-{n}"]
     for slug, labels in specs.items():
-        response = await client.post(
-            "/workflows/import",
-            headers=owner,
-            json={
-                "workflow_slug": slug,
-                "display_name": slug,
-                "workflow_json": NOOP_GRAPH,
-                "required_labels": labels,
-            },
-        )
-        response.raise_for_status()
-        team.workflows[slug] = response.json()["id"]
+        team.workflows[slug] = await import_workflow(client, owner, slug, labels)
     return team
 
 
 async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
-    response = await client.post(f"/r/workflows/slug/{slug}/run", headers=team.runtime, json={})
-    if response.status_code != 202:
-        raise RuntimeError(f"run refused: {response.status_code} {response.text}")
-    task_id: str = response.json()["task_id"]
-    return task_id
+    return await run_slug(client, team.runtime, slug)
 
 
 async def count_tasks(
@@ -362,25 +211,7 @@ async def count_tasks(
     return int(response.json()["page_meta"]["total_count"])
 
 
-async def wait_for(
-    probe: Callable[[], Awaitable[bool]], timeout: float, what: str, pause: float = 0.02
-) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await probe():  # noqa: ASYNC110 (polls the server over HTTP)
-                await asyncio.sleep(pause)
-    except TimeoutError:
-        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}") from None
-
-
 # -- the figures -------------------------------------------------------------------------------
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(samples)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 @dataclass
@@ -441,11 +272,6 @@ class Throughput:
     @property
     def rate(self) -> float:
         return self.tasks / self.seconds
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
@@ -562,26 +388,6 @@ async def insert_backlog(db_url: str, team: Team, count: int, concurrency: int) 
 # -- report ------------------------------------------------------------------------------------
 
 
-def machine(args: argparse.Namespace, db_version: str, load_at_start: float) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    db = f"{args.db} {db_version}"
-    if args.db == "sqlite":
-        db += f" (WAL, synchronous={args.sqlite_synchronous})"
-    return [
-        f"date     {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"machine  {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
-        f"python   {platform.python_version()} ({platform.python_implementation()})",
-        f"database {db}",
-        f"load     {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at the end (1-min avg;"
-        " other processes on the machine skew every figure)",
-    ]
-
-
 def verdict(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -678,7 +484,7 @@ def report(
         ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [*machine(args, db_version, load_at_start), ""]
+    lines = [*machine(args.db, args.sqlite_synchronous, db_version, load_at_start), ""]
     for n, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
         if n == 0:
@@ -689,12 +495,10 @@ def report(
 # -- main --------------------------------------------------------------------------------------
 
 
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 async def bench(args: argparse.Namespace, workdir: Path) -> int:
     plan = QUICK if args.quick else FULL
+    if args.backlog is not None:
+        plan = dataclasses.replace(plan, backlog=args.backlog)
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5:
         say(f"warning: load average {load_at_start:.2f}: other work will skew the figures")
@@ -705,7 +509,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     else:
         db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
         db_version = sqlite3.sqlite_version
-    server = ServerProcess(db_url, workdir / "data", server_env(args))
+    server = ServerProcess(db_url, workdir / "data", server_env(args.db, args.sqlite_synchronous))
     try:
         server.start()
         say(f"server up at {server.url} (pid {server.proc.pid if server.proc else '?'})")
@@ -808,6 +612,12 @@ def main() -> int:
         help="RUNYARD_DATABASE_SQLITE_SYNCHRONOUS for the server (default: the server's FULL)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples and tasks")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        metavar="N",
+        help="unmatched tasks for (3) (default 10,000; fewer for a faster look at (1)-(2))",
+    )
     parser.add_argument(
         "--profile",
         type=Path,

@@ -27,17 +27,14 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import resource
-import secrets
 import shutil
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,18 +43,24 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The sibling benchmark: the server process, databases, percentiles, the machine.
-from dispatch import (
+# Shared with the dispatch benchmark: the server process, databases, the team, the machine.
+from _common import (
     DEFAULT_PG_URL,
     ServerProcess,
+    create_key,
     create_pg_database,
     drop_pg_database,
+    import_workflow,
+    machine,
+    own_cpu,
     percentile,
+    register_owner,
     say,
+    wait_for,
 )
+from _common import run_task as run_slug
+from _common import server_env as base_env
 
-PASSWORD = "bench-password-1"
-NOOP_GRAPH = {"1": {"class_type": "Noop", "inputs": {}}}
 TERMINAL = (b"completed", b"failed", b"cancelled")
 
 
@@ -282,49 +285,17 @@ class Team:
 
 
 async def setup_team(client: httpx.AsyncClient) -> Team:
-    email = f"bench-{secrets.token_hex(4)}@example.com"
-    creds = {"email_address": email, "user_password": PASSWORD}
-    (await client.post("/auth/register", json=creds)).raise_for_status()
-    login = await client.post("/auth/login", json=creds)
-    login.raise_for_status()
-    jwt = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    me = await client.get("/users/me", headers=jwt)
-    me.raise_for_status()
-    owner = {**jwt, "X-Team-ID": me.json()["team_list"][0]["id"]}
-    keys = {}
-    for kind in ("integration", "agent"):
-        response = await client.post(
-            "/credentials", headers=owner, json={"kind": kind, "display_name": f"bench {kind}"}
-        )
-        response.raise_for_status()
-        keys[kind] = response.json()["raw_key"]
+    _, owner = await register_owner(client)
+    sk = await create_key(client, owner, "integration")
+    ak = await create_key(client, owner, "agent")
     # Separate labels: the probe agent never gets a watched task, nor the reverse.
     for slug, labels in (("bench-events", ["events"]), ("bench-probe", ["probe"])):
-        body = {
-            "workflow_slug": slug,
-            "display_name": slug,
-            "workflow_json": NOOP_GRAPH,
-            "required_labels": labels,
-        }
-        (await client.post("/workflows/import", headers=owner, json=body)).raise_for_status()
-    return Team(owner, {"Authorization": f"Bearer {keys['integration']}"}, keys["agent"])
+        await import_workflow(client, owner, slug, labels)
+    return Team(owner, {"Authorization": f"Bearer {sk['raw_key']}"}, ak["raw_key"])
 
 
 async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
-    response = await client.post(f"/r/workflows/slug/{slug}/run", headers=team.runtime, json={})
-    if response.status_code != 202:
-        raise RuntimeError(f"run refused: {response.status_code} {response.text}")
-    task_id: str = response.json()["task_id"]
-    return task_id
-
-
-async def wait_for(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await probe():  # noqa: ASYNC110 (polls)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}") from None
+    return await run_slug(client, team.runtime, slug)
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -357,24 +328,13 @@ async def probe_dispatch(
             body = (await client.get(f"/r/tasks/{task_id}", headers=team.runtime)).json()
             return bool(body["task_status"] == "completed")
 
-        await wait_for(done, 30, "the probe task to complete")
+        await wait_for(done, 30, "the probe task to complete", pause=0.05)
         await asyncio.sleep(0.02)
     return Latency(taken)
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def server_rss_mb(server: ServerProcess) -> float:
-    if server.proc is None:
-        return 0.0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return server.rss_mb()
 
 
 @dataclass
@@ -437,7 +397,7 @@ async def scenario(
     async def all_running() -> bool:
         return sum(len(agent.running) for agent in agents) == tasks
 
-    await wait_for(all_running, 60, "the watched tasks to be dispatched")
+    await wait_for(all_running, 60, "the watched tasks to be dispatched", pause=0.05)
     owner = {task_id: agent for agent in agents for task_id in agent.running}
     sent: dict[str, int] = dict.fromkeys(task_ids, 0)
     period = 1 / rate
@@ -477,7 +437,7 @@ async def scenario(
     async def replayed() -> bool:  # the control's events too
         return sum(w.progress for w in watchers) >= sum(sent[w.task_id] for w in watchers)
 
-    await wait_for(replayed, 120, "the streams to replay what they missed")
+    await wait_for(replayed, 120, "the streams to replay what they missed", pause=0.05)
     result.opened_seconds = time.perf_counter() - started
     await asyncio.sleep(1.0)
     result.rss_open = server_rss_mb(server)
@@ -531,26 +491,6 @@ async def scenario(
 # -- report ------------------------------------------------------------------------------------
 
 
-def machine(args: argparse.Namespace, db_version: str, load_at_start: float) -> list[str]:
-    cpu = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    db = f"{args.db} {db_version}"
-    if args.db == "sqlite":
-        db += f" (WAL, synchronous={args.sqlite_synchronous})"
-    return [
-        f"date     {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"machine  {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
-        f"python   {platform.python_version()}; server, agents and the 1,000 clients share it",
-        f"database {db}",
-        f"load     {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at the end (1-min avg;"
-        " other processes on the machine skew every figure)",
-    ]
-
-
 def report(
     args: argparse.Namespace,
     plan: Plan,
@@ -559,7 +499,16 @@ def report(
     base: Latency,
     runs: list[Scenario],
 ) -> str:
-    lines = [*machine(args, db_version, load), ""]
+    lines = [
+        *machine(
+            args.db,
+            args.sqlite_synchronous,
+            db_version,
+            load,
+            "server, agents and the 1,000 clients share it",
+        ),
+        "",
+    ]
     lines.append(f"dispatch, nothing else going on (n={len(base.samples)}): {base.text()}")
     for run in runs:
 
@@ -610,18 +559,10 @@ def report(
 
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
-    env = {
-        "RUNYARD_LOGGER_LEVEL": "warn",
-        "RUNYARD_LOGGER_FORMAT": "json",
-        "RUNYARD_AUTH_ARGON2_TIME_COST": "1",
-        "RUNYARD_AUTH_ARGON2_MEMORY_COST_KIB": "64",
-        "RUNYARD_AUTH_ARGON2_PARALLELISM": "1",
-        # Every progress frame becomes an event: the stream, not the coalescing, is measured.
-        "RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS": "0",
-    }
-    if args.db == "sqlite":
-        env["RUNYARD_DATABASE_SQLITE_SYNCHRONOUS"] = args.sqlite_synchronous
-    return env
+    # Every progress frame becomes an event: the stream, not the coalescing, is measured.
+    return base_env(
+        args.db, args.sqlite_synchronous, RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS="0"
+    )
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> int:

@@ -21,11 +21,13 @@ from runyard.events.hub import TASK_EVENT, EventHub
 from runyard.gateway.endpoint import router as gateway_router
 from runyard.logging import get_logger
 from runyard.objects.local import OBJECTS_PATH
+from runyard.objects.zerocopy import ZeroCopyMiddleware
 from runyard.scheduler.core import Scheduler
 from runyard.services.context import NullNotifier, ServiceContext, build_context
 from runyard.services.retention import RetentionSweeper
 from runyard.store import migrate
 from runyard.store.db import Database
+from runyard.web import router as web_router
 from runyard.webhooks.deliverer import WEBHOOK_OUTBOX, Deliverer
 
 log = get_logger("runyard.server")
@@ -106,6 +108,15 @@ async def start_services(settings: Settings, db: Database) -> ServiceContext:
     return await build_context(db, settings)
 
 
+class _App(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if not getattr(self.state, "zero_copy", True):
+            return stack
+        # Outside every other layer: zero-copy transfers need the server's own ``send``.
+        return ZeroCopyMiddleware(stack, OBJECTS_PATH)
+
+
 def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI:
     """Build the app. Pass ``ctx`` to reuse an open database (tests); else one is opened.
 
@@ -166,7 +177,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
                 await owned.dispose()
             log.info("server_stopped")
 
-    app = FastAPI(
+    app = _App(
         title="Runyard",
         version=__version__,
         summary="Run ComfyUI workflows on GPU machines you own.",
@@ -177,9 +188,11 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
     )
     if ctx is not None:
         app.state.ctx = ctx
+    app.state.zero_copy = settings.storage.local_zero_copy
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(gateway_router)
+    app.include_router(web_router)  # the dashboard at /
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

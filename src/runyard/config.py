@@ -147,6 +147,9 @@ class StorageSettings(BaseSettings):
     output_retention_days: float = Field(default=7.0, ge=0)
     #: How often the retention sweeper runs.
     sweep_interval_seconds: float = Field(default=300.0, gt=0)
+    #: local: sendfile(2) for downloads, splice(2) for large uploads (uvicorn httptools,
+    #: plain TCP).
+    local_zero_copy: bool = True
 
     def local_root(self, data_dir: Path) -> Path:
         return Path(self.local_path) if self.local_path else data_dir / "objects"

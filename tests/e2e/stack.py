@@ -30,6 +30,8 @@ FAST = {
     "RUNYARD_SCHEDULER_SWEEP_INTERVAL_SECONDS": "0.5",
     "RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS": "0.05",
     "RUNYARD_WEBHOOKS_ALLOW_HTTP_LOOPBACK": "true",
+    # Small parts, so a multipart upload of a few MiB has several.
+    "RUNYARD_STORAGE_MULTIPART_PART_MB": "5",
 }
 
 SIM_GRAPH: dict[str, Any] = {
@@ -39,6 +41,16 @@ SIM_PARAMETERS: list[dict[str, Any]] = [
     {"key": "simulate", "type": "string", "node_id": "1", "field": "mode"},
     {"key": "simulate_seconds", "type": "number", "node_id": "1", "field": "seconds"},
     {"key": "prompt", "type": "string", "node_id": "1", "field": "text"},
+]
+#: ``sim`` plus an image input: a ``file`` parameter ``image`` (LoadImage.image). The
+#: simulated agent downloads it and logs ``input image: N bytes``.
+SIM_IMAGE_GRAPH: dict[str, Any] = {
+    **SIM_GRAPH,
+    "2": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+}
+SIM_IMAGE_PARAMETERS: list[dict[str, Any]] = [
+    *SIM_PARAMETERS,
+    {"key": "image", "type": "file", "node_id": "2", "field": "image"},
 ]
 EMAIL = "owner@example.com"
 PASSWORD = "owner-password"
@@ -135,6 +147,12 @@ def start_stack(db_url: str, workdir: Path) -> Iterator[Stack]:
                 slug="sim",
                 parameters=SIM_PARAMETERS,
                 display_name="Simulated",
+            )
+            owner.import_workflow(
+                SIM_IMAGE_GRAPH,
+                slug="sim-img",
+                parameters=SIM_IMAGE_PARAMETERS,
+                display_name="Simulated img2img",
             )
         agent_log = workdir / "agent.log"
         with agent_log.open("wb") as out:

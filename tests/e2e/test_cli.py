@@ -222,3 +222,45 @@ def test_tasks_agents_keys_and_webhooks(env: dict[str, str], tmp_path: Path) -> 
     deliveries = invoke(as_owner, "webhooks", "deliveries", hook_id, "--json")
     assert deliveries.exit_code == 0 and isinstance(json.loads(deliveries.stdout), list)
     assert invoke(as_owner, "webhooks", "delete", hook_id).exit_code == 0
+
+
+def test_run_uploads_file_parameters(stack: Stack, env: dict[str, str], tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+    ran = cli(
+        env,
+        "run",
+        "sim-img",
+        "-p",
+        f"image=@{photo}",
+        "-p",
+        "simulate_seconds=0",
+        "--wait",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    )
+    assert ran.returncode == 0, ran.stderr
+    body = json.loads(ran.stdout)
+    assert body["task"]["task_status"] == "completed"
+    (output,) = body["files"]
+    assert Path(output).read_bytes().startswith(b"simulated output")
+    with stack.client() as client:
+        logged = [
+            line
+            for event in client.events(body["task"]["id"], timeout=30)
+            if event.event == "log"
+            for line in event.data.get("lines", [])
+        ]
+    assert "input image: 2008 bytes" in logged  # the agent got the uploaded file
+
+    # A large file gets a progress bar (on stderr); the run goes as before.
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    shown = cli(env, "run", "sim-img", "-p", f"image=@{big}", "--wait")
+    assert shown.returncode == 0, shown.stderr
+    assert "big.png" in shown.stderr and "completed" in shown.stdout
+
+    missing = cli(env, "run", "sim-img", "-p", f"image=@{tmp_path / 'nope.png'}", "--wait")
+    assert missing.returncode == 2
+    one_error_line(missing.stderr, "no such file")

@@ -4,6 +4,7 @@ PostgreSQL: runs end to end, events with resume, cancel, pairing, keys, webhooks
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runyard.client import AsyncRunyard, Runyard, RunyardError, TaskEvent, TaskStatus
+from runyard.client import (
+    AsyncRunyard,
+    Runyard,
+    RunyardError,
+    TaskEvent,
+    TaskStatus,
+    UploadProgress,
+)
 from tests.conftest import BACKENDS
 from tests.e2e.stack import (
     SIM_GRAPH,
@@ -281,3 +289,64 @@ def test_async_client(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     asyncio.run(scenario())
     assert time.monotonic() - started < 30
+
+
+def _input_log(client: Runyard, task_id: str) -> list[str]:
+    """What the simulated agent logged about the inputs it downloaded."""
+    lines = [
+        line
+        for event in client.events(task_id, timeout=30)
+        if event.event == "log"
+        for line in event.data.get("lines", [])
+    ]
+    return [line for line in lines if line.startswith("input ")]
+
+
+def test_upload_files_and_run_with_path_parameters(stack: Stack, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(3000))
+    big = tmp_path / "big scan.tiff"
+    big.write_bytes(os.urandom(11 * 1024 * 1024 + 17))  # three 5 MiB parts on this stack
+    transport = RecordingTransport()
+    seen: list[UploadProgress] = []
+    with stack.client(transport=transport, multipart_threshold=1024 * 1024) as client:
+        key = client.upload_file(photo, progress=seen.append)
+        assert key.startswith(f"inputs/{stack.team_id}/") and key.endswith("/photo.png")
+        assert seen[0].done == 0 and seen[-1].done == seen[-1].total == photo.stat().st_size
+        assert {s.filename for s in seen} == {"photo.png"}
+
+        parts: list[UploadProgress] = []
+        big_key = client.upload_file(big, progress=parts.append)
+        assert big_key.endswith("/big scan.tiff")
+        assert parts[-1].done == big.stat().st_size
+        puts = [path for method, path in transport.requests if method == "PUT"]
+        assert len(puts) == 1 + 3  # the photo, then the big file's three parts
+        for file_key, size in ((key, 3008), (big_key, big.stat().st_size)):
+            task = client.run("sim-img", {"image": file_key}, wait=True, timeout=30)
+            assert task.ok, task.task_error
+            assert _input_log(client, task.id) == [f"input image: {size} bytes"]
+
+        # A Path value is uploaded on the way.
+        uploads: list[UploadProgress] = []
+        task = client.run(
+            "sim-img", {"image": photo}, wait=True, timeout=30, upload_progress=uploads.append
+        )
+        assert task.ok and uploads[-1].done == 3008
+        assert _input_log(client, task.id) == ["input image: 3008 bytes"]
+
+        before = len(transport.requests)
+        with pytest.raises(RunyardError) as missing:
+            client.run("sim-img", {"image": tmp_path / "nope.png"})
+        assert missing.value.status == 0 and "nope.png" in missing.value.error_message
+        assert len(transport.requests) == before  # nothing was sent
+    _assert_known_routes(transport)
+
+    async def scenario() -> None:
+        async with AsyncRunyard(stack.url, api_key=stack.sk, multipart_threshold=1) as client:
+            steps: list[UploadProgress] = []
+            file_key = await client.upload_file(photo, progress=steps.append)
+            assert steps[-1].done == 3008 and file_key.endswith("/photo.png")
+            task = await client.run("sim-img", {"image": photo}, wait=True, timeout=30)
+            assert task.ok
+
+    asyncio.run(scenario())

@@ -56,13 +56,12 @@ def _start(
 
 @pytest.fixture
 def fake_comfyui(tmp_path: Path) -> Iterator[str]:
-    """``scripts/fake_comfyui.py`` (what the README starts for a try without a GPU)."""
+    """``runyard dev fake-comfyui`` (what the README starts for a try without a GPU)."""
     port = free_port()
     log = tmp_path / "fake-comfyui.log"
-    script = ROOT / "scripts" / "fake_comfyui.py"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(script), "--port", str(port), "--step-delay", "0.01"],
+            [*RUNYARD, "dev", "fake-comfyui", "--port", str(port), "--step-delay", "0.01"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

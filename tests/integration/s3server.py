@@ -10,13 +10,16 @@ botocore's own SigV4 signer, from the headers the request really carries, and re
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import boto3
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
@@ -25,6 +28,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import make_server
+
+from runyard.config import StorageSettings
 
 ACCESS_KEY = "runyard-test"
 SECRET_KEY = "runyard-test-secret"
@@ -122,3 +127,31 @@ class CheckedMotoServer(ThreadedMotoServer):
     def url(self) -> str:
         host, port = self.get_host_and_port()
         return f"http://{host}:{port}"
+
+
+def s3_settings(server: CheckedMotoServer, bucket: str) -> StorageSettings:
+    settings = StorageSettings(
+        backend="s3",
+        s3_endpoint_url=server.url,
+        s3_bucket=bucket,
+        s3_region=REGION,
+        s3_access_key_id=ACCESS_KEY,
+        s3_addressing_style="path",
+    )
+    settings.s3_secret_access_key = type(settings.s3_secret_access_key)(SECRET_KEY)
+    return settings
+
+
+def make_bucket(server: CheckedMotoServer) -> str:
+    bucket = f"runyard-{secrets.token_hex(6)}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.url,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    client.create_bucket(Bucket=bucket)
+    client.close()
+    return bucket

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ import pytest
 
 from runyard.agent.client import GatewayClient
 from runyard.agent.comfyui import ComfyUIRunner, attempt_prompt_id
+from runyard.agent.comfyui.main import comfyui_agent
+from runyard.agent.config import AgentSettings
 from runyard.config import Settings
 from runyard.store.work import WorkRepos
 from tests.fakes.comfyui import FakeComfyUI
@@ -75,6 +77,7 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
                 runner,
                 agent_id="agent-1",
                 labels=detected.labels(),
+                capacity=3,
                 system_stats=detected.system_stats(),
                 comfyui_version=detected.comfyui_version,
                 backoff_base=0.05,
@@ -154,3 +157,91 @@ async def test_socket_drop_mid_run_still_completes_through_history(rig: Rig) -> 
     assert rig.runner.socket.connections >= 2
     assert rig.comfy.count("GET", "/history/{prompt_id}") >= 2
     assert len((await rig.result(task_id))["task_output"]["outputs"]) == 1
+
+
+async def test_capacity_three_queues_in_comfyui_and_cancel_spares_the_others(rig: Rig) -> None:
+    rig.comfy.steps_override = 25
+    task_ids = [
+        await rig.team.run(parameters={"prompt": f"a fox number {i}", "steps": 6}) for i in range(3)
+    ]
+    prompt_ids = [attempt_prompt_id(t, 1) for t in task_ids]
+    async with asyncio.timeout(10):  # all three handed to ComfyUI at once: one runs, two wait
+        while rig.comfy.running_prompt_id is None or len(rig.comfy.pending_prompt_ids) < 2:
+            await asyncio.sleep(0.02)
+    queued = [rig.comfy.running_prompt_id, *rig.comfy.pending_prompt_ids]
+    assert sorted(queued) == sorted(prompt_ids)
+    victim = task_ids[prompt_ids.index(rig.comfy.pending_prompt_ids[0])]
+    response = await rig.team.client.post(f"/r/tasks/{victim}/cancel", headers=rig.team.sk_headers)
+    assert response.status_code == 200, response.text
+    await rig.team.wait(victim, "cancelled")
+
+    downloads = []
+    for task_id in task_ids:
+        if task_id == victim:
+            continue
+        body = await rig.team.wait(task_id, "completed", timeout=20)
+        assert body["retry_count"] == 0
+        result = await rig.result(task_id)
+        assert result["task_output"]["prompt_id"] == attempt_prompt_id(task_id, 1)
+        (out,) = result["task_output"]["outputs"]
+        async with httpx.AsyncClient() as http:
+            downloads.append((await http.get(result["download_url"])).content)
+        assert downloads[-1] == (rig.comfy.output_dir / out["file_name"]).read_bytes()
+        steps = {d.get("step_total") for k, d in await rig.events(task_id) if k == "progress"}
+        assert steps - {None} == {25}
+    assert downloads[0] != downloads[1]
+    assert attempt_prompt_id(victim, 1) not in rig.comfy.history  # removed before it ran
+
+
+async def test_an_agent_started_before_comfyui_announces_what_it_detects_once_it_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runyard agent``'s wiring: labels and version follow ComfyUI once it answers."""
+    monkeypatch.setattr("runyard.agent.comfyui.main.nvidia_smi_present", lambda: False)
+    async with live_server(fast(settings)) as server:
+        server.ctx.settings.server.public_url = server.url
+        async with api(server) as client, FakeComfyUI(step_delay=0.01, steps_override=2) as comfy:
+            team = await live_team(server, client, required_labels=["gpu", "comfyui"])
+            await comfy.stop()  # not started yet; its port is known
+
+            async def agent_where(condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+                async with asyncio.timeout(10):
+                    while True:
+                        listed = await client.get("/r/agents", headers=team.sk_headers)
+                        for agent in listed.json()["agent_list"]:
+                            if agent["agent_id"] == "late" and condition(agent):
+                                return agent
+                        await asyncio.sleep(0.02)
+
+            agent_settings = AgentSettings(
+                gateway=server.url,
+                agent_id="late",
+                labels=["special"],
+                comfyui_url=comfy.url,
+                health_interval_seconds=0.1,
+            )
+            async with comfyui_agent(agent_settings, team.agent_key) as gateway:
+                run = asyncio.create_task(gateway.run())
+                try:
+                    down = await agent_where(lambda a: a["agent_status"] == "unhealthy")
+                    # No GPU seen yet (no nvidia-smi, no ComfyUI): a gpu task must wait.
+                    assert sorted(down["agent_labels"]) == ["comfyui", "special"]
+                    assert down["comfyui_version"] is None
+                    task_id = await team.run()
+                    assert (await team.task(task_id))["task_status"] in ("pending", "waiting")
+
+                    await comfy.start()
+                    up = await agent_where(lambda a: a["agent_status"] == "idle")
+                    assert sorted(up["agent_labels"]) == ["comfyui", "gpu", "special"]
+                    assert up["comfyui_version"] == up["tool_version"] == comfy.comfyui_version
+                    body = await team.wait(task_id, "completed")
+                    assert body["agent_id"] == "late" and body["retry_count"] == 0
+                    # Unchanged detections (a probe every 0.1 s) cause no further reconnect.
+                    connects = comfy.count("GET", "/system_stats")
+                    async with asyncio.timeout(5):
+                        while comfy.count("GET", "/system_stats") < connects + 3:
+                            await asyncio.sleep(0.05)
+                    assert (await agent_where(lambda a: True))["connected_at"] == up["connected_at"]
+                finally:
+                    await gateway.stop(0)
+                    await run

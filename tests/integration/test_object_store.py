@@ -8,23 +8,15 @@ enforce are the same test.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
-import boto3
 import httpx
 import pytest
-import uvicorn
-from botocore.config import Config
-from fastapi import FastAPI
 
-from runyard.api.errors import install_error_handlers
-from runyard.config import StorageSettings
 from runyard.objects import (
     InvalidUpload,
     ObjectExists,
@@ -32,11 +24,11 @@ from runyard.objects import (
     PartSpec,
     UploadedPart,
 )
-from runyard.objects.http import router as objects_router
 from runyard.objects.keys import BadName
 from runyard.objects.local import LocalObjectStore
 from runyard.objects.s3 import S3ObjectStore
-from tests.integration.s3server import ACCESS_KEY, REGION, SECRET_KEY, CheckedMotoServer
+from tests.integration.s3server import CheckedMotoServer, make_bucket, s3_settings
+from tests.integration.uploads import objects_app, serve
 
 MIB = 1024 * 1024
 TTL = 600
@@ -76,34 +68,6 @@ def s3_server() -> Iterator[CheckedMotoServer]:
     server.stop()
 
 
-def s3_settings(server: CheckedMotoServer, bucket: str) -> StorageSettings:
-    settings = StorageSettings(
-        backend="s3",
-        s3_endpoint_url=server.url,
-        s3_bucket=bucket,
-        s3_region=REGION,
-        s3_access_key_id=ACCESS_KEY,
-        s3_addressing_style="path",
-    )
-    settings.s3_secret_access_key = type(settings.s3_secret_access_key)(SECRET_KEY)
-    return settings
-
-
-def make_bucket(server: CheckedMotoServer) -> str:
-    bucket = f"runyard-{secrets.token_hex(6)}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.url,
-        region_name=REGION,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=Config(s3={"addressing_style": "path"}),
-    )
-    client.create_bucket(Bucket=bucket)
-    client.close()
-    return bucket
-
-
 @dataclass
 class Env:
     store: ObjectStore
@@ -113,23 +77,9 @@ class Env:
 async def _local(tmp_path: Path) -> AsyncIterator[Env]:
     base = {"url": ""}
     store = LocalObjectStore(tmp_path / "objects", "secret-" * 8, lambda: base["url"], CLOCK.now)
-    app = FastAPI()
-    app.state.ctx = SimpleNamespace(objects=store)
-    install_error_handlers(app)
-    app.include_router(objects_router, prefix="/api/v1")
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    base["url"] = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with serve(objects_app(store)) as url, httpx.AsyncClient(timeout=10) as http:
+        base["url"] = url
         yield Env(store, http)
-    server.should_exit = True
-    await task
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp
 
+from runyard.api.errors import install_error_handlers
 from runyard.domain.tasks import TaskStatus
+from runyard.objects.http import router as objects_router
+from runyard.objects.local import LocalObjectStore
 from runyard.protocol import v1
 from runyard.services import files
 from runyard.services.context import ServiceContext
@@ -123,3 +133,33 @@ async def complete(
 async def start_attempt(ctx: ServiceContext, task_id: str, attempt: int) -> None:
     await move(ctx, task_id, TaskStatus.QUEUED, attempt=attempt, agent_id="gpu-1")
     await move(ctx, task_id, TaskStatus.RUNNING, started_at=ctx.now())
+
+
+# -- the local backend's link routes on a real server ------------------------------------------
+
+
+def objects_app(store: LocalObjectStore) -> FastAPI:
+    """Just the signed-link routes of ``store``, as the server mounts them."""
+    app = FastAPI()
+    app.state.ctx = SimpleNamespace(objects=store)
+    install_error_handlers(app)
+    app.include_router(objects_router, prefix=API)
+    return app
+
+
+@asynccontextmanager
+async def serve(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
+    """``app`` on uvicorn on a free loopback port; yields its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off", **config)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task

@@ -69,6 +69,9 @@ class FakeGateway:
         self.abort: set[tuple[str, int]] = set()
         #: Cut the connection (no close frame) right after a frame this matches arrives.
         self.drop_on: Callable[[Any], bool] | None = None
+        #: While set, the next welcome waits for it (after the hello was received).
+        self.hold_welcome: asyncio.Event | None = None
+        self.hellos: asyncio.Queue[Conn] = asyncio.Queue()
         self.conns: list[Conn] = []
         self.welcomed: asyncio.Queue[Conn] = asyncio.Queue()
         self.frames: asyncio.Queue[tuple[Conn, Any]] = asyncio.Queue()
@@ -90,6 +93,10 @@ class FakeGateway:
             hello = v1.parse_agent_frame(await ws.recv())
             assert isinstance(hello, v1.Hello)
             conn.hello = hello
+            self.hellos.put_nowait(conn)
+            if self.hold_welcome is not None:
+                await self.hold_welcome.wait()
+                self.hold_welcome = None
             reported = [(r.task_id, r.attempt) for r in hello.running]
             welcome = v1.Welcome(
                 gateway_id="gw-test",
@@ -432,6 +439,23 @@ async def test_status_and_system_stats_are_reported(
     assert isinstance(await gateway.result("t-2"), v1.Complete)
 
 
+async def test_a_status_set_before_the_welcome_is_sent_after_it(
+    gateway: FakeGateway, start_agent: StartAgent
+) -> None:
+    """The hello said ``unhealthy``; ``idle`` set before the welcome must still reach it."""
+    gateway.hold_welcome = release = asyncio.Event()
+    client, _ = await start_agent()
+    await client.set_status("unhealthy", detail="ComfyUI does not answer")
+    conn = await asyncio.wait_for(gateway.hellos.get(), WAIT)
+    assert conn.hello is not None and conn.hello.status == "unhealthy"
+    await client.set_status("idle")  # not connected yet: nowhere to send it
+    release.set()
+    status = await gateway.next()
+    assert isinstance(status, v1.StatusUpdate) and status.agent_status == "idle"
+    await gateway.dispatch("t-1")
+    assert isinstance(await gateway.result("t-1"), v1.Complete)
+
+
 async def test_run_twice_is_refused(gateway: FakeGateway, start_agent: StartAgent) -> None:
     client, _ = await start_agent()
     await gateway.next_conn()
@@ -585,6 +609,37 @@ async def test_reconnect_reports_the_running_attempt_and_keeps_it(
     await gateway.cancel("t-1")
     conn, _ = await gateway.next_where(lambda f: isinstance(f, v1.Cancelled))
     assert conn is second
+
+
+async def test_a_changed_identity_reconnects_with_a_new_hello_and_keeps_running_work(
+    gateway: FakeGateway, start_agent: StartAgent
+) -> None:
+    client, _ = await start_agent(labels=["comfyui", "special"])
+    first = await gateway.next_conn()
+    assert first.hello is not None and first.hello.comfyui_version is None
+    await gateway.dispatch("t-1", simulate="stall")
+    assert (await gateway.next()).type == "ack"
+
+    assert await client.update_identity(labels=["comfyui", "gpu", "special"])
+    second = await gateway.next_conn()
+    await asyncio.wait_for(first.closed.wait(), WAIT)
+    assert first.close_code == 1000  # a clean close, not a lost connection
+    assert second.hello is not None
+    assert second.hello.labels == ["comfyui", "gpu", "special"]
+    assert running(second.hello) == {("t-1", 1)}
+    assert client.labels == ["comfyui", "gpu", "special"]
+
+    # Versions alone change it too; the same identity again changes nothing.
+    assert await client.update_identity(comfyui_version="0.3.66", tool_version="0.3.66")
+    third = await gateway.next_conn()
+    assert third.hello is not None and third.hello.comfyui_version == "0.3.66"
+    assert third.hello.tool_version == "0.3.66" and third.hello.labels == client.labels
+    assert not await client.update_identity(labels=client.labels, comfyui_version="0.3.66")
+    await gateway.cancel("t-1")
+    conn, _ = await gateway.next_where(lambda f: isinstance(f, v1.Cancelled))
+    assert conn is third and len(gateway.conns) == 3
+    with pytest.raises(ValueError, match="invalid agent identity"):
+        await client.update_identity(labels=[""])
 
 
 async def test_welcome_abort_stops_the_attempt_silently(

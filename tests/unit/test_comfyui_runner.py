@@ -518,3 +518,61 @@ def test_prompt_ids_are_stable_uuids_per_attempt() -> None:
     a = attempt_prompt_id("task-1", 1)
     assert a == attempt_prompt_id("task-1", 1) != attempt_prompt_id("task-1", 2)
     assert str(uuid.UUID(a)) == a
+
+
+async def test_several_attempts_share_comfyuis_queue_each_following_its_own_prompt(
+    comfy: FakeComfyUI, runner: ComfyUIRunner, store: Store
+) -> None:
+    """Capacity > 1: every attempt is queued in ComfyUI at once and ComfyUI runs them one by
+    one; progress and outputs go to the right attempt; cancelling one (running or pending)
+    leaves the others alone."""
+    comfy.step_delay = 0.03
+    first = FakeReporter(dispatch(small_graph(steps=200, text="first")), store)
+    others = [
+        FakeReporter(dispatch(small_graph(steps=3, text=f"fox {i}")), store) for i in range(3)
+    ]
+    everyone = [first, *others]
+    tasks = [
+        asyncio.create_task(runner.start(r.dispatch, cast(Reporter, r)))
+        for r in everyone  # first is queued first: the others wait behind it in ComfyUI
+    ]
+    ids = [attempt_prompt_id(r.task_id, 1) for r in everyone]
+    async with asyncio.timeout(WAIT):
+        while comfy.running_prompt_id != ids[0] or set(comfy.pending_prompt_ids) != set(ids[1:]):
+            await asyncio.sleep(0.01)
+        while not any(f.get("step_current") for f in first.progress_frames):
+            await asyncio.sleep(0.01)
+    assert all(not r.done for r in everyone)
+
+    # Cancel one that waits in ComfyUI's queue, then the one running.
+    pending = others[1]
+    pending.request_cancel()
+    await runner.cancel(pending.task_id, 1)
+    await asyncio.wait_for(tasks[2], WAIT)
+    assert pending.result == ("cancelled", None)
+    assert ids[2] not in comfy.pending_prompt_ids and ids[2] not in comfy.history
+    assert comfy.running_prompt_id == ids[0]
+    first.request_cancel()
+    await runner.cancel(first.task_id, 1)
+    await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+
+    assert first.result == ("cancelled", None)
+    completed = [others[0], others[2]]
+    outputs = []
+    for reporter in completed:
+        assert reporter.result is not None and reporter.result[0] == "complete", reporter.result
+        manifest = reporter.result[1]
+        assert manifest["prompt_id"] == attempt_prompt_id(reporter.task_id, 1)
+        (out,) = manifest["outputs"]
+        assert out["storage_key"].startswith(f"tasks/{reporter.task_id}/1/")
+        outputs.append(store.objects[out["storage_key"]][0])
+        # Its progress is its own: three steps of its sampler, never the 200 of the first.
+        totals = {f.get("step_total") for f in reporter.progress_frames} - {None}
+        assert totals == {3}, reporter.progress_frames
+        assert reporter.progress_frames[-1]["progress"] == 1.0
+    assert outputs[0] != outputs[1]  # different prompts, different images
+    assert {f.get("step_total") for f in first.progress_frames} - {None} == {200}
+    # Interrupted exactly once, and only the prompt that was running; nothing else touched.
+    assert comfy.history[ids[0]]["status"]["messages"][-1][0] == "execution_interrupted"
+    assert comfy.count("POST", "/interrupt") >= 1
+    assert all(ids[i] not in comfy.history for i in (1, 3))  # deleted once uploaded

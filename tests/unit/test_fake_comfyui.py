@@ -795,3 +795,45 @@ async def test_prompt_without_client_id_sends_no_execution_events(
         "execution_cached",
         "execution_success",
     ]
+
+
+# -- the shipped command -------------------------------------------------------------------------
+
+
+def test_dev_fake_comfyui_serves_until_sigterm_and_keeps_its_root(tmp_path: Any) -> None:
+    """``runyard dev fake-comfyui`` as a process: announces its URL, serves ComfyUI's routes,
+    writes into ``--root``, exits 0 on SIGTERM; a port in use is one error line, exit 1."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "runyard.cli.main", "dev", "fake-comfyui"]
+    args = ["--port", str(port), "--step-delay", "0", "--root", str(tmp_path)]
+    proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert first.startswith(f"fake ComfyUI at http://127.0.0.1:{port}"), first
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/system_stats").json()["system"]["comfyui_version"]
+        body = {"prompt": t2i(seed=3), "prompt_id": str(uuid.uuid4())}
+        assert httpx.post(f"{url}/prompt", json=body).status_code == 200
+        deadline = time.monotonic() + 20
+        while not httpx.get(f"{url}/history/{body['prompt_id']}").json():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert list((tmp_path / "output").glob("*.png"))
+
+        busy = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1
+        assert busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}"), busy.stderr
+        assert "Traceback" not in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert (tmp_path / "output").is_dir()  # a given root is kept

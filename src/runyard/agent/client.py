@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -388,6 +389,7 @@ class GatewayClient:
         self._running = False
         self._draining = False
         self._closing = False
+        self._reconnect_now = False
 
     # -- public --------------------------------------------------------------------------
 
@@ -416,6 +418,53 @@ class GatewayClient:
         """Report new system stats with the next heartbeat."""
         self._system_stats = stats
         self._stats_dirty = True
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels the next ``hello`` announces."""
+        return list(self._identity["labels"])
+
+    async def update_identity(
+        self,
+        *,
+        labels: Iterable[str] | None = None,
+        tool_version: str | EllipsisType | None = ...,
+        comfyui_version: str | EllipsisType | None = ...,
+    ) -> bool:
+        """Announce new labels or tool versions (the tool was re-detected).
+
+        The protocol has no frame for a changed identity, so when something changed an open
+        connection is closed and the client reconnects at once with a new ``hello``; running
+        attempts are listed in it and kept, as after any reconnect. Returns whether anything
+        changed. A label list that would not make a valid ``hello`` raises ``ValueError``.
+        """
+        identity = dict(self._identity)
+        if labels is not None:
+            identity["labels"] = list(dict.fromkeys(labels))
+        if tool_version is not ...:
+            identity["tool_version"] = tool_version
+        if comfyui_version is not ...:
+            identity["comfyui_version"] = comfyui_version
+        if identity == self._identity:
+            return False
+        try:
+            v1.Hello(**identity)
+        except ValidationError as exc:
+            raise ValueError(f"invalid agent identity: {exc.errors()[0]['msg']}") from None
+        self._log.info(
+            "agent_identity_changed",
+            labels=identity["labels"],
+            tool_version=identity["tool_version"],
+            comfyui_version=identity["comfyui_version"],
+        )
+        self._identity = identity
+        conn = self._conn
+        if conn is not None and not self._closing:
+            self._reconnect_now = True
+            self._ws = None
+            self._connected.clear()
+            await conn.close(1000, "agent identity changed")
+        return True
 
     async def set_status(
         self,
@@ -467,6 +516,10 @@ class GatewayClient:
                     )
                     await self._abandon_all("replaced by another agent with the same id")
                     raise AgentReplaced(self.agent_id)
+                if self._reconnect_now:  # closed on purpose, to say a new hello
+                    self._reconnect_now = False
+                    self._log.info("gateway_reconnecting", reason="agent identity changed")
+                    continue
                 delay = backoff_delay(failures, self._backoff_base, self._backoff_max)
                 failures += 1
                 self._log_refusal(outcome, delay)
@@ -568,7 +621,8 @@ class GatewayClient:
         if self._closing:
             return False
         try:
-            await ws.send(_dump(self._hello()))
+            hello = self._hello()
+            await ws.send(_dump(hello))
             try:
                 first = await asyncio.wait_for(ws.recv(), timeout=self._open_timeout)
             except TimeoutError:
@@ -582,7 +636,7 @@ class GatewayClient:
                 self._log.error("gateway_protocol_error", detail="first frame is not a welcome")
                 await ws.close(v1.CLOSE_PROTOCOL, "expected welcome")
                 return False
-            await self._apply_welcome(ws, welcome)
+            await self._apply_welcome(ws, welcome, hello.status)
         except ConnectionClosed:
             return False
         heartbeat = asyncio.create_task(self._heartbeat_loop(ws))
@@ -609,7 +663,9 @@ class GatewayClient:
         keys += [k for k in self._resend if k not in self._attempts]
         return [v1.AttemptRef(task_id=t, attempt=n) for t, n in keys]
 
-    async def _apply_welcome(self, ws: ClientConnection, welcome: v1.Welcome) -> None:
+    async def _apply_welcome(
+        self, ws: ClientConnection, welcome: v1.Welcome, hello_status: v1.ReportedStatus
+    ) -> None:
         self._welcome = welcome
         self._heartbeat_interval = max(0.01, welcome.heartbeat_interval)
         self._lease_ttl = max(1.0, welcome.lease_ttl)
@@ -648,10 +704,17 @@ class GatewayClient:
             if _is_result(frame):
                 self._remember_result(att.reporter.key, frame)
                 self._forget_if_finished(att)
+        said = None
         if self._status_frame is not None and self._status != "idle":
-            await ws.send(_dump(self._status_frame))
+            said = self._status_frame
+            await ws.send(_dump(said))
         self._ws = ws
         self._connected.set()
+        # A status set while the hello was on its way could not be sent then: send it now
+        # (e.g. ``idle`` once ComfyUI answers, right after a reconnect for new labels).
+        status = self._status_frame
+        if status is not None and status != said and status.agent_status != hello_status:
+            await self._send_now(status)
 
     def _connection_lost(self) -> None:
         """Results sent within the last lease may not have arrived: offer them again."""

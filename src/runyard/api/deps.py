@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from runyard.domain.errors import Unauthorized
-from runyard.services import auth
+from runyard.domain.errors import Forbidden, Unauthorized
+from runyard.services import auth, web_sessions
+from runyard.services import credentials as cached_callers
 from runyard.services.auth import Caller, Surface, TeamScope
 from runyard.services.context import ServiceContext
 from runyard.store.repos import Page
@@ -27,11 +28,37 @@ _bearer = HTTPBearer(auto_error=False, description="A session JWT or an sk-/dk- 
 
 async def get_caller(
     ctx: Ctx,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     if credentials is None:
+        cookie = request.cookies.get(web_sessions.SESSION_COOKIE)
+        if cookie:
+            return await _cookie_caller(ctx, request, cookie)
         raise Unauthorized("missing bearer token (Authorization: Bearer …)")
-    return await auth.authenticate(ctx, credentials.credentials)
+    # Integration keys (the submit path) are remembered for up to a second (revocation
+    # bound: services/credentials.py, CALLER_CACHE_SECONDS).
+    return await cached_callers.authenticate_cached(ctx, credentials.credentials)
+
+
+async def _cookie_caller(ctx: ServiceContext, request: Request, cookie: str) -> Caller:
+    """The dashboard's own calls: its session cookie, with the CSRF header on unsafe methods
+    and, when the browser sends one, this server's Origin. A bearer token always wins."""
+    caller = await web_sessions.caller_of(ctx, cookie)
+    if request.method not in web_sessions.SAFE_METHODS:
+        if not web_sessions.origin_allowed(
+            request.headers.get("origin"),
+            request.headers.get("host"),
+            request.url.scheme,
+            ctx.settings.public_url(),
+        ):
+            raise Forbidden("cross-origin request refused")
+        if not web_sessions.csrf_valid(cookie, request.headers.get(web_sessions.CSRF_HEADER)):
+            raise Forbidden(
+                f"a request with the dashboard's session cookie needs its "
+                f"{web_sessions.CSRF_HEADER} header"
+            )
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -46,7 +73,12 @@ TeamHeader = Annotated[
 
 
 def _scope(surface: Surface) -> Callable[..., Awaitable[TeamScope]]:
-    async def dependency(ctx: Ctx, caller: CallerDep, x_team_id: TeamHeader = None) -> TeamScope:
+    async def dependency(
+        ctx: Ctx, caller: CallerDep, request: Request, x_team_id: TeamHeader = None
+    ) -> TeamScope:
+        if x_team_id is None and "authorization" not in request.headers:
+            # A dashboard session (cookie): the team chosen in the team switcher.
+            x_team_id = request.cookies.get(web_sessions.TEAM_COOKIE)
         return await auth.team_scope(ctx, caller, x_team_id, surface)
 
     return dependency

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 
 def agent(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="RUNYARD_AGENT_CONFIG",
+            help="YAML config file with the settings below (keys: gateway, key, agent_id, "
+            "labels, pools, capacity, comfyui_url, work_dir, grace_seconds, …); flags override "
+            "it, it overrides RUNYARD_AGENT_* variables.",
+            show_default=False,
+        ),
+    ] = None,
     simulate: Annotated[
         bool,
         typer.Option(
@@ -79,7 +91,7 @@ def agent(
     from pydantic import ValidationError
 
     from runyard.agent.client import GatewayClient, run_until_signalled
-    from runyard.agent.config import AgentSettings
+    from runyard.agent.config import ConfigError, load_settings
     from runyard.agent.simulate import SimulatedRunner
     from runyard.config import LoggerSettings
     from runyard.logging import configure_logging
@@ -99,12 +111,12 @@ def agent(
         "comfyui_url": comfyui_url,
     }
     try:
-        settings = AgentSettings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            typer.echo(f"error: {where}: {error['msg']}", err=True)
+        settings = load_settings(flags, config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if config is not None:
+        _warn_if_key_readable(config, settings.key.get_secret_value())
     if check:
         from runyard.agent.comfyui.main import check as check_comfyui
 
@@ -143,3 +155,18 @@ def agent(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(asyncio.run(run_until_signalled(client, settings.grace_seconds)))
+
+
+def _warn_if_key_readable(path: Path, key: str) -> None:
+    """A config file holding the agent key should be readable by its owner only."""
+    try:
+        mode = path.stat().st_mode
+        holds_key = bool(key) and key in path.read_text(encoding="utf-8")
+    except OSError:
+        return
+    if holds_key and mode & 0o077:
+        typer.echo(
+            f"warning: {path} holds the agent key and is readable by others "
+            f"(mode {mode & 0o777:o}); chmod 600 it",
+            err=True,
+        )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import click
@@ -107,6 +110,35 @@ def cli_errors() -> Iterator[None]:
             raise
         err.print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
         raise typer.Exit(1) from None
+
+
+_CONNECTION_OPTIONS = (
+    inspect.Parameter("server", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ServerOpt),
+    inspect.Parameter(
+        "api_key", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ApiKeyOpt
+    ),
+    inspect.Parameter("email", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=EmailOpt),
+    inspect.Parameter("team", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TeamOpt),
+)
+
+
+def with_client(command: Callable[..., None]) -> Callable[..., None]:
+    """An API command: adds ``--server``, ``--api-key``, ``--email`` and ``--team`` to its
+    options, and runs it inside :func:`cli_errors` with a connected ``client`` (its first
+    parameter). Put it under ``@app.command(…)``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "client"]
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        where = {p.name: options.pop(p.name) for p in _CONNECTION_OPTIONS}
+        with cli_errors(), connect(**where) as client:
+            command(client, **options)
+
+    parameters = [*own, *_CONNECTION_OPTIONS]
+    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
 
 
 @dataclass(frozen=True)
@@ -223,13 +255,23 @@ def table(*columns: str) -> Table:
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``-p key=value``: the value as JSON when it parses (20, true, null, [1,2], "x"),
-    else as the literal string."""
+    else as the literal string; ``-p key=@FILE`` is a local file to upload (a ``Path``),
+    ``-p key=@@text`` the literal ``@text``."""
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UsageError(f"bad -p {item!r}: use -p key=value (e.g. -p steps=20)")
+        if raw.startswith("@@"):
+            params[key] = raw[1:]
+            continue
+        if raw.startswith("@"):
+            path = Path(raw[1:]).expanduser()
+            if not raw[1:] or not path.is_file():
+                raise UsageError(f"-p {key}={raw}: no such file {raw[1:]!r}")
+            params[key] = path
+            continue
         try:
             params[key] = json.loads(raw, parse_constant=_no_constants)
         except ValueError:

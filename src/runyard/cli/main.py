@@ -4,6 +4,7 @@ Commands live in modules by topic; this one assembles them:
 
 - ``ops``: ``server``, ``db upgrade``, ``admin bootstrap`` (work on the database directly);
 - ``agent``: ``agent``; ``up``: ``up`` (server + bootstrap + optional local agent);
+- ``dev``: ``dev fake-comfyui`` (the fake ComfyUI, for trying Runyard without a GPU);
 - ``auth``: ``login``, ``logout``, ``whoami``; ``workflows``: ``workflows …``;
 - ``tasks``: ``run``, ``tasks …``; ``team``: ``agents …``, ``keys …``, ``webhooks …``.
 
@@ -17,7 +18,7 @@ from typing import Annotated
 import typer
 
 from runyard import __version__
-from runyard.cli import agent, auth, ops, tasks, team, up, workflows
+from runyard.cli import agent, auth, dev, ops, tasks, team, up, workflows
 from runyard.cli.common import state
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ app.command(rich_help_panel="Run Runyard")(ops.server)
 app.command(rich_help_panel="Run Runyard")(agent.agent)
 app.add_typer(ops.admin_app, name="admin", rich_help_panel="Run Runyard")
 app.add_typer(ops.db_app, name="db", rich_help_panel="Run Runyard")
+app.add_typer(dev.app, name="dev", rich_help_panel="Run Runyard")
 
 app.command(rich_help_panel="Use Runyard")(auth.login)
 app.command(rich_help_panel="Use Runyard")(auth.logout)

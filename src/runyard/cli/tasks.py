@@ -23,21 +23,16 @@ from rich.progress import (
 )
 
 from runyard.cli.common import (
-    ApiKeyOpt,
-    EmailOpt,
     JsonOpt,
-    ServerOpt,
-    TeamOpt,
-    cli_errors,
-    connect,
     err,
     out,
     parse_params,
     print_json,
     table,
     when,
+    with_client,
 )
-from runyard.client import DownloadProgress, Runyard, Task, TaskEvent, TaskResult
+from runyard.client import DownloadProgress, Runyard, Task, TaskEvent, TaskResult, UploadProgress
 
 app = typer.Typer(no_args_is_help=True, help="Tasks: list, show, cancel, watch, result.")
 
@@ -114,8 +109,11 @@ class TaskProgress:
             self.progress.update(self.bar, **update)
 
 
-class DownloadBars:
-    """One Rich bar per output file, fed by ``download_outputs(progress=…)``."""
+class TransferBars:
+    """One Rich bar per file, fed by ``download_outputs(progress=…)`` (``download``) or by
+    uploads (``upload``; only files of ``BIG`` bytes or more get a bar)."""
+
+    BIG = 1024 * 1024
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
@@ -125,9 +123,9 @@ class DownloadBars:
             TransferSpeedColumn(),
             console=console,
         )
-        self.bars: dict[int, TaskID] = {}
+        self.bars: dict[object, TaskID] = {}
 
-    def __enter__(self) -> DownloadBars:
+    def __enter__(self) -> TransferBars:
         self.progress.start()
         return self
 
@@ -139,13 +137,18 @@ class DownloadBars:
     ) -> None:
         self.progress.stop()
 
-    def __call__(self, step: DownloadProgress) -> None:
-        bar = self.bars.get(step.index)
+    def _show(self, key: object, label: str, done: int, total: int | None) -> None:
+        bar = self.bars.get(key)
         if bar is None:
-            bar = self.bars[step.index] = self.progress.add_task(
-                escape(step.filename), total=step.total
-            )
-        self.progress.update(bar, completed=step.done, total=step.total)
+            bar = self.bars[key] = self.progress.add_task(escape(label), total=total)
+        self.progress.update(bar, completed=done, total=total)
+
+    def download(self, step: DownloadProgress) -> None:
+        self._show(step.index, step.filename, step.done, step.total)
+
+    def upload(self, step: UploadProgress) -> None:
+        if step.total >= self.BIG:
+            self._show(("upload", step.filename), f"↑ {step.filename}", step.done, step.total)
 
 
 def _seconds(task: Task) -> str:
@@ -158,8 +161,8 @@ def _seconds(task: Task) -> str:
 def _download(client: Runyard, task_id: str, folder: Path, quiet: bool) -> list[Path]:
     if quiet:
         return client.download_outputs(task_id, folder)
-    with DownloadBars(err) as bars:
-        return client.download_outputs(task_id, folder, progress=bars)
+    with TransferBars(err) as bars:
+        return client.download_outputs(task_id, folder, progress=bars.download)
 
 
 def _finish(client: Runyard, task: Task, folder: Path | None, as_json: bool) -> None:
@@ -201,7 +204,9 @@ def _watch(client: Runyard, task_id: str, timeout: float | None) -> Task:
         raise typer.Exit(130) from None
 
 
+@with_client
 def run(
+    client: Runyard,
     workflow: Annotated[str, typer.Argument(help="Slug, slug@version or id of the workflow.")],
     param: Annotated[
         list[str] | None,
@@ -209,7 +214,8 @@ def run(
             "-p",
             "--param",
             help="A parameter, key=value; the value is read as JSON when it parses "
-            "(20, true, null) and as text otherwise. Repeat for more.",
+            "(20, true, null) and as text otherwise; key=@FILE uploads a local file for a "
+            "file parameter. Repeat for more.",
             show_default=False,
         ),
     ] = None,
@@ -225,10 +231,6 @@ def run(
         str | None,
         typer.Option("--idempotency-key", help="Submitting again with it gives the same task."),
     ] = None,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a workflow; prints the task id.
@@ -236,31 +238,52 @@ def run(
     With --wait (or --out) it follows the task with a progress bar, downloads its outputs and
     exits 0 only if it completed.
     """
-    with cli_errors():
-        parameters = parse_params(param)
-        with connect(server, api_key, email, team) as client:
-            task_id = client.submit(
-                workflow, parameters, priority=priority, idempotency_key=idempotency_key
-            )
-            if not (wait or out_dir):
-                if as_json:
-                    print_json({"task_id": task_id})
-                else:
-                    out.print(task_id)
-                return
-            if as_json:
-                task = client.wait(task_id, timeout=timeout)
-            else:
-                err.print(f"Task {task_id} submitted", markup=False)
-                task = _watch(client, task_id, timeout)
-            _finish(client, task, out_dir, as_json)
+    parameters = parse_params(param)
+    task_id = _submit(client, workflow, parameters, priority, idempotency_key, as_json)
+    if not (wait or out_dir):
+        if as_json:
+            print_json({"task_id": task_id})
+        else:
+            out.print(task_id)
+        return
+    if as_json:
+        task = client.wait(task_id, timeout=timeout)
+    else:
+        err.print(f"Task {task_id} submitted", markup=False)
+        task = _watch(client, task_id, timeout)
+    _finish(client, task, out_dir, as_json)
+
+
+def _submit(
+    client: Runyard,
+    workflow: str,
+    parameters: dict[str, Any],
+    priority: int | None,
+    idempotency_key: str | None,
+    quiet: bool,
+) -> str:
+    """Submit; ``@FILE`` parameters are uploaded first (a bar for large ones)."""
+    if quiet or not any(isinstance(v, Path) for v in parameters.values()):
+        return client.submit(
+            workflow, parameters, priority=priority, idempotency_key=idempotency_key
+        )
+    with TransferBars(err) as bars:
+        return client.submit(
+            workflow,
+            parameters,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            upload_progress=bars.upload,
+        )
 
 
 TaskArg = Annotated[str, typer.Argument(help="The task's id.")]
 
 
 @app.command("list")
+@with_client
 def list_(
+    client: Runyard,
     status: Annotated[
         str | None,
         typer.Option(help="pending, waiting, queued, running, completed, failed or cancelled."),
@@ -270,124 +293,101 @@ def list_(
     ] = None,
     page: Annotated[int, typer.Option(help="Page, from 1.")] = 1,
     per_page: Annotated[int, typer.Option("--per-page", help="1 to 100.")] = 20,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The team's tasks, newest first."""
-    with cli_errors():
-        with connect(server, api_key, email, team) as client:
-            workflow_id = client.get_workflow(workflow).id if workflow else None
-            tasks = client.list_tasks(
-                status=status, workflow_id=workflow_id, page=page, per_page=per_page
-            )
-        if as_json:
-            print_json(tasks.items)
-            return
-        grid = table("id", "status", "created", "agent", "error")
-        for t in tasks:
-            grid.add_row(
-                t.id,
-                t.task_status.value,
-                when(t.created_at),
-                escape(t.agent_id or "-"),
-                escape((t.task_error or "")[:60]),
-            )
-        out.print(grid if tasks.items else "No tasks.")
-        if tasks.total_count > len(tasks.items):
-            out.print(f"page {tasks.current_page}, {tasks.total_count} tasks in all")
+    workflow_id = client.get_workflow(workflow).id if workflow else None
+    tasks = client.list_tasks(status=status, workflow_id=workflow_id, page=page, per_page=per_page)
+    if as_json:
+        print_json(tasks.items)
+        return
+    grid = table("id", "status", "created", "agent", "error")
+    for t in tasks:
+        grid.add_row(
+            t.id,
+            t.task_status.value,
+            when(t.created_at),
+            escape(t.agent_id or "-"),
+            escape((t.task_error or "")[:60]),
+        )
+    out.print(grid if tasks.items else "No tasks.")
+    if tasks.total_count > len(tasks.items):
+        out.print(f"page {tasks.current_page}, {tasks.total_count} tasks in all")
 
 
 @app.command("show")
+@with_client
 def show(
+    client: Runyard,
     task_id: TaskArg,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One task's status and details."""
-    with cli_errors():
-        with connect(server, api_key, email, team) as client:
-            task = client.get_task(task_id)
-        if as_json:
-            print_json(task)
-            return
-        for name, value in task.model_dump().items():
-            shown = when(value) if name.endswith("_at") else value
-            out.print(f"{name:<16} {'-' if shown is None else shown}", markup=False)
+    task = client.get_task(task_id)
+    if as_json:
+        print_json(task)
+        return
+    for name, value in task.model_dump().items():
+        shown = when(value) if name.endswith("_at") else value
+        out.print(f"{name:<16} {'-' if shown is None else shown}", markup=False)
 
 
 @app.command("cancel")
+@with_client
 def cancel(
+    client: Runyard,
     task_id: TaskArg,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a task that has not ended yet (an ended task stays as it is)."""
-    with cli_errors():
-        with connect(server, api_key, email, team) as client:
-            client.cancel_task(task_id)
-            task = client.get_task(task_id)
-        if as_json:
-            print_json(task)
-        else:
-            out.print(f"Task {task_id}: {task.task_status.value}")
+    client.cancel_task(task_id)
+    task = client.get_task(task_id)
+    if as_json:
+        print_json(task)
+    else:
+        out.print(f"Task {task_id}: {task.task_status.value}")
 
 
 @app.command("watch")
+@with_client
 def watch(
+    client: Runyard,
     task_id: TaskArg,
     timeout: TimeoutOpt = None,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print each event as a JSON line instead.")
     ] = False,
 ) -> None:
     """Follow a task's events until it ends; exit 0 only if it completed."""
-    with cli_errors(), connect(server, api_key, email, team) as client:
-        if as_json:
-            for event in client.events(task_id, timeout=timeout):
-                line = {"id": event.id, "event": event.event, "data": event.data}
-                typer.echo(json.dumps(line))
-            task = client.get_task(task_id)
-            if not task.ok:
-                raise typer.Exit(1)
-            return
-        task = _watch(client, task_id, timeout)
-        _finish(client, task, None, False)
+    if as_json:
+        for event in client.events(task_id, timeout=timeout):
+            line = {"id": event.id, "event": event.event, "data": event.data}
+            typer.echo(json.dumps(line))
+        task = client.get_task(task_id)
+        if not task.ok:
+            raise typer.Exit(1)
+        return
+    task = _watch(client, task_id, timeout)
+    _finish(client, task, None, False)
 
 
 @app.command("result")
+@with_client
 def result(
+    client: Runyard,
     task_id: TaskArg,
     out_dir: OutOpt = None,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A task's output or error; --out downloads its files."""
-    with cli_errors():
-        with connect(server, api_key, email, team) as client:
-            found = client.get_result(task_id)
-            files = _download(client, task_id, out_dir, as_json) if out_dir else []
-        if as_json:
-            print_json({"result": found, "files": files})
-            return
-        out.print(f"Task {found.id}: {found.task_status.value}")
-        if found.task_error:
-            out.print(f"error: {found.task_error}", markup=False)
-        if found.task_output is not None:
-            out.print(json.dumps(found.task_output, indent=2), markup=False)
-        _describe_outputs(found, files, out_dir)
+    found = client.get_result(task_id)
+    files = _download(client, task_id, out_dir, as_json) if out_dir else []
+    if as_json:
+        print_json({"result": found, "files": files})
+        return
+    out.print(f"Task {found.id}: {found.task_status.value}")
+    if found.task_error:
+        out.print(f"error: {found.task_error}", markup=False)
+    if found.task_output is not None:
+        out.print(json.dumps(found.task_output, indent=2), markup=False)
+    _describe_outputs(found, files, out_dir)

@@ -9,27 +9,24 @@ import typer
 from rich.markup import escape
 
 from runyard.cli.common import (
-    ApiKeyOpt,
-    EmailOpt,
     JsonOpt,
-    ServerOpt,
-    TeamOpt,
     UsageError,
-    cli_errors,
-    connect,
     out,
     print_json,
     table,
     when,
+    with_client,
 )
-from runyard.client import Workflow
+from runyard.client import Runyard, Workflow
 from runyard.client._core import parameters_from, read_json_file
 
 app = typer.Typer(no_args_is_help=True, help="Workflow templates: import, list, show.")
 
 
 @app.command("import")
+@with_client
 def import_(
+    client: Runyard,
     file: Annotated[
         Path,
         typer.Argument(
@@ -59,89 +56,75 @@ def import_(
         str | None, typer.Option("--name", help="Display name.", show_default="the slug")
     ] = None,
     description: Annotated[str | None, typer.Option(help="Description.")] = None,
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import (or re-import as a new version) a workflow from a JSON file."""
-    with cli_errors():
-        for path in (file, params):
-            if path is not None and not path.is_file():
-                raise UsageError(f"{path}: no such file")
-        graph = read_json_file(file)
-        if not isinstance(graph, dict):
-            raise UsageError(f"{file} must hold a JSON object (a ComfyUI API-format graph)")
-        if slug is None and not graph.get("workflow_slug"):
-            raise UsageError("--slug is required (the file names no workflow_slug)")
-        definitions = parameters_from(read_json_file(params), str(params)) if params else None
-        label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-        with connect(server, api_key, email, team) as client:
-            workflow = client.import_workflow(
-                graph,
-                slug=slug,
-                display_name=name,
-                parameters=definitions,
-                labels=label_list,
-                description=description,
-            )
-        if as_json:
-            print_json(workflow)
-            return
-        out.print(
-            f"Imported {workflow.workflow_slug} version {workflow.version} "
-            f"({len(workflow.parameters)} parameters) — id {workflow.id}"
-        )
-        out.print(f"Run it: runyard run {workflow.workflow_slug} --wait")
+    for path in (file, params):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    graph = read_json_file(file)
+    if not isinstance(graph, dict):
+        raise UsageError(f"{file} must hold a JSON object (a ComfyUI API-format graph)")
+    if slug is None and not graph.get("workflow_slug"):
+        raise UsageError("--slug is required (the file names no workflow_slug)")
+    definitions = parameters_from(read_json_file(params), str(params)) if params else None
+    label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+    workflow = client.import_workflow(
+        graph,
+        slug=slug,
+        display_name=name,
+        parameters=definitions,
+        labels=label_list,
+        description=description,
+    )
+    if as_json:
+        print_json(workflow)
+        return
+    out.print(
+        f"Imported {workflow.workflow_slug} version {workflow.version} "
+        f"({len(workflow.parameters)} parameters) — id {workflow.id}"
+    )
+    out.print(f"Run it: runyard run {workflow.workflow_slug} --wait")
 
 
 @app.command("list")
+@with_client
 def list_(
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
+    client: Runyard,
     as_json: JsonOpt = False,
 ) -> None:
     """The team's workflows."""
-    with cli_errors():
-        with connect(server, api_key, email, team) as client:
-            page = client.list_workflows()
-        if as_json:
-            print_json(page.items)
-            return
-        grid = table("slug", "version", "status", "parameters", "labels", "updated", "id")
-        for w in page:
-            grid.add_row(
-                w.workflow_slug,
-                str(w.version),
-                w.workflow_status,
-                escape(", ".join(p.key for p in w.parameters) or "-"),
-                escape(", ".join(w.required_labels) or "-"),
-                when(w.updated_at),
-                w.id,
-            )
-        out.print(grid if page.items else "No workflows yet: runyard workflows import FILE")
+    page = client.list_workflows()
+    if as_json:
+        print_json(page.items)
+        return
+    grid = table("slug", "version", "status", "parameters", "labels", "updated", "id")
+    for w in page:
+        grid.add_row(
+            w.workflow_slug,
+            str(w.version),
+            w.workflow_status,
+            escape(", ".join(p.key for p in w.parameters) or "-"),
+            escape(", ".join(w.required_labels) or "-"),
+            when(w.updated_at),
+            w.id,
+        )
+    out.print(grid if page.items else "No workflows yet: runyard workflows import FILE")
 
 
 @app.command("show")
+@with_client
 def show(
+    client: Runyard,
     workflow: Annotated[str, typer.Argument(help="Slug, slug@version or id.")],
-    server: ServerOpt = None,
-    api_key: ApiKeyOpt = None,
-    email: EmailOpt = None,
-    team: TeamOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One workflow: its parameters, labels and limits (--json includes the graph)."""
-    with cli_errors():
-        with connect(server, api_key, email, team) as client:
-            found = client.get_workflow(workflow)
-        if as_json:
-            print_json(found)
-            return
-        _describe(found)
+    found = client.get_workflow(workflow)
+    if as_json:
+        print_json(found)
+        return
+    _describe(found)
 
 
 def _describe(w: Workflow) -> None:

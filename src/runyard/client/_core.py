@@ -8,12 +8,14 @@ checks against the server's OpenAPI document.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mimetypes
 import os
 import posixpath
 import re
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -29,14 +31,19 @@ from runyard.client.models import (
     CreatedKey,
     CreatedWebhook,
     Delivery,
+    DownloadProgress,
     Key,
+    MultipartUpload,
     Page,
     PairingResult,
     PairingStart,
+    PartLink,
+    PresignedUpload,
     Task,
     TaskEvent,
     TaskResult,
     TokenPair,
+    UploadProgress,
     User,
     Webhook,
     Workflow,
@@ -101,6 +108,11 @@ WEBHOOK_UPDATE = _route("PUT", "/webhooks/{webhookId}")
 WEBHOOK_DELETE = _route("DELETE", "/webhooks/{webhookId}")
 WEBHOOK_DELIVERIES = _route("GET", "/webhooks/{webhookId}/deliveries")
 WEBHOOK_PING = _route("POST", "/webhooks/{webhookId}/ping")
+FILE_PRESIGN = _route("POST", "/r/files/presign")
+MULTIPART_INITIATE = _route("POST", "/uploads/multipart/initiate")
+MULTIPART_PARTS = _route("POST", "/uploads/multipart/parts")
+MULTIPART_COMPLETE = _route("POST", "/uploads/multipart/complete")
+MULTIPART_ABORT = _route("POST", "/uploads/multipart/abort")
 
 
 # -- calls --------------------------------------------------------------------------------------
@@ -530,6 +542,103 @@ class Auth:
             self.team_id = user.team_list[0].id
 
 
+# -- what both clients hold ----------------------------------------------------------------------
+
+
+class ClientBase:
+    """The state and request building ``Runyard`` and ``AsyncRunyard`` share (no I/O): the
+    server, the credentials, the options; each adds its own httpx client and sending."""
+
+    def __init__(
+        self,
+        server: str | None,
+        *,
+        api_key: str | None,
+        email: str | None,
+        password: str | None,
+        team_id: str | None,
+        stream_timeout: float,
+        reconnect_delay: float | None,
+        give_up_after: float,
+        multipart_threshold: int,
+        timeout: float,
+        transport: Any,
+    ) -> None:
+        self.server_url = base_url(server or default_server())
+        if api_key is None and email is None:
+            api_key = os.environ.get("RUNYARD_API_KEY") or None
+        self._auth = Auth(api_key, email, password, team_id)
+        self._stream_timeout = stream_timeout
+        self._reconnect_delay = reconnect_delay
+        self._give_up_after = give_up_after
+        self.multipart_threshold = multipart_threshold
+        self._open(self._http_options(timeout, transport))
+
+    def _open(self, http_options: dict[str, Any]) -> None:
+        """Create the httpx client (and the lock that guards session renewal)."""
+        raise NotImplementedError
+
+    def _http_options(self, timeout: float, transport: Any) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client`` / ``httpx.AsyncClient``."""
+        from runyard import __version__
+
+        return {
+            "base_url": self.server_url,
+            "timeout": timeout,
+            "transport": transport,
+            "headers": {"User-Agent": f"{USER_AGENT}/{__version__}"},
+            "follow_redirects": False,
+        }
+
+    @property
+    def team_id(self) -> str | None:
+        """The session's team (after the first call), when signed in with email/password."""
+        return self._auth.team_id
+
+    def _request(
+        self, http: httpx.Client | httpx.AsyncClient, call: Call[Any], timeout: httpx.Timeout | None
+    ) -> httpx.Request:
+        headers = dict(call.headers)
+        if call.authenticated:
+            headers.update(self._auth.headers())
+        return http.build_request(
+            call.route.method,
+            call.url,
+            params=call.params,
+            json=call.json,
+            headers=headers,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+
+    def _renew_after(
+        self, response: httpx.Response, attempt: int, renew: bool, call: Call[Any]
+    ) -> bool:
+        """A session's token was refused on a first try: renew it and send again."""
+        return (
+            response.status_code == 401
+            and attempt == 1
+            and renew
+            and call.authenticated
+            and self._auth.is_session
+        )
+
+    def _read_timeout(self, deadline: float | None) -> httpx.Timeout:
+        read = self._stream_timeout
+        if deadline is not None:
+            read = max(0.05, min(read, deadline - time.monotonic() + 0.05))
+        return httpx.Timeout(30.0, read=read)
+
+    def _pause(self, state: StreamState, deadline: float | None, reason: str) -> float:
+        """After an event stream broke: give up (deadline, too long failing) or how long to
+        wait before reconnecting."""
+        check_deadline(deadline, state.task_id)
+        state.failed(self._give_up_after, reason)
+        pause = state.delay(self._reconnect_delay)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - time.monotonic()))
+        return pause
+
+
 # -- Server-Sent Events -------------------------------------------------------------------------
 
 
@@ -623,6 +732,40 @@ def retriable(exc: RunyardError) -> bool:
     return exc.status == 0 or exc.status in (429, 502, 503, 504)
 
 
+class EventReader:
+    """Lines of one event-stream connection in, new task events out (each once)."""
+
+    def __init__(self, state: StreamState) -> None:
+        self.state = state
+        self.decoder = SSEDecoder()
+
+    def feed(self, line: str) -> TaskEvent | None:
+        message = self.decoder.feed(line)
+        if self.decoder.retry_ms is not None:
+            self.state.retry_seconds = self.decoder.retry_ms / 1000
+        event = task_event(message) if message is not None else None
+        if event is None or (event.id <= self.state.last_id and event.event != "error"):
+            return None
+        self.state.last_id = max(self.state.last_id, event.id)
+        self.state.progressed()
+        return event
+
+
+STREAM_ENDED = "the stream ended before the task did"
+
+
+def stream_failure(exc: Exception, deadline: float | None, task_id: str) -> str:
+    """Why an event-stream connection failed; re-raises what reconnecting cannot mend."""
+    if isinstance(exc, httpx.TimeoutException):
+        check_deadline(deadline, task_id)
+        return "no data within the read timeout"
+    if isinstance(exc, httpx.TransportError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, RunyardError) and retriable(exc):
+        return exc.error_message
+    raise exc
+
+
 # -- downloads ----------------------------------------------------------------------------------
 
 
@@ -692,9 +835,234 @@ def content_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+@dataclass
+class DownloadFile:
+    """One output being downloaded: where it goes (a hidden ``.part`` file until whole) and
+    its progress reports."""
+
+    name: str
+    target: Path
+    partial: Path
+    total: int | None
+    index: int
+    count: int
+    progress: Callable[[DownloadProgress], None] | None
+    done: int = 0
+
+    def add(self, received: int) -> None:
+        self.done += received
+        if self.progress is not None:
+            self.progress(
+                DownloadProgress(self.name, self.done, self.total, self.index, self.count)
+            )
+
+
+def download_file(
+    response: httpx.Response,
+    folder: Path,
+    label: str,
+    position: tuple[int, int],
+    used: set[str],
+    progress: Callable[[DownloadProgress], None] | None,
+) -> DownloadFile:
+    """Name the file of a download (``position``: its index and the count) and report its
+    start."""
+    index, count = position
+    name = output_name(response, label, index, used)
+    started = DownloadFile(
+        name,
+        folder / name,
+        folder / f".{name}.part",
+        content_length(response),
+        index,
+        count,
+        progress,
+    )
+    started.add(0)
+    return started
+
+
 def transport_error(server: str, exc: Exception) -> RunyardError:
     if isinstance(exc, httpx.TimeoutException):
         return RunyardError(0, f"{server} did not answer in time ({type(exc).__name__})")
     if isinstance(exc, httpx.ConnectError):
         return RunyardError(0, f"cannot reach the Runyard server at {server} ({exc})")
     return RunyardError(0, f"connection to {server} failed: {exc or type(exc).__name__}")
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+#: Files this large or larger go up as multipart uploads (parts signed by the server).
+MULTIPART_THRESHOLD = 100 * MIB
+UPLOAD_CHUNK = MIB
+#: Part links asked for at a time (links expire: a batch is signed just before it is used).
+PART_BATCH = 16
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    """A local file to upload: its path, the name and type the server records, its size."""
+
+    path: Path
+    name: str
+    content_type: str
+    size: int
+
+
+def upload_source(path: str | os.PathLike[str], content_type: str | None = None) -> UploadSource:
+    """Check the file is there and readable; ``RunyardError(0, …)`` in one line otherwise."""
+    file = Path(path)
+    try:
+        stat = file.stat()
+        if not file.is_file():
+            raise RunyardError(0, f"cannot upload {path}: not a regular file")
+        with file.open("rb"):
+            pass
+    except OSError as exc:
+        raise RunyardError(0, f"cannot upload {path}: {exc.strerror or exc}") from None
+    guessed = content_type or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    return UploadSource(file, file.name, guessed, stat.st_size)
+
+
+@dataclass(frozen=True)
+class Put:
+    """One signed ``PUT`` of ``size`` bytes of ``source`` from ``offset`` (no credentials
+    sent); its result is the answer's ``ETag``."""
+
+    source: UploadSource
+    url: str
+    headers: Mapping[str, str]
+    offset: int
+    size: int
+
+
+def presign_file(source: UploadSource) -> Call[PresignedUpload]:
+    body = {"file_name": source.name, "file_size": source.size, "content_type": source.content_type}
+    return Call(FILE_PRESIGN, model(PresignedUpload), json=body)
+
+
+def initiate_multipart(source: UploadSource) -> Call[MultipartUpload]:
+    body = {"file_name": source.name, "file_size": source.size, "content_type": source.content_type}
+    return Call(MULTIPART_INITIATE, model(MultipartUpload), json=body)
+
+
+def _part_links(response: httpx.Response) -> list[PartLink]:
+    return [PartLink.model_validate(p) for p in _json(response).get("parts", [])]
+
+
+def part_links(storage_key: str, upload_id: str, numbers: Sequence[int]) -> Call[list[PartLink]]:
+    body = {"storage_key": storage_key, "upload_id": upload_id, "part_numbers": list(numbers)}
+    return Call(MULTIPART_PARTS, _part_links, json=body)
+
+
+def complete_multipart(
+    storage_key: str, upload_id: str, etags: Sequence[tuple[int, str]]
+) -> Call[str]:
+    parts = [{"part_number": n, "etag": etag} for n, etag in etags]
+    body = {"storage_key": storage_key, "upload_id": upload_id, "parts": parts}
+    return Call(MULTIPART_COMPLETE, field_of("file_key"), json=body)
+
+
+def abort_multipart(storage_key: str, upload_id: str) -> Call[None]:
+    body = {"storage_key": storage_key, "upload_id": upload_id}
+    return Call(MULTIPART_ABORT, _ignore, json=body)
+
+
+Step = Call[Any] | Put
+
+
+def upload_flow(
+    source: UploadSource, threshold: int = MULTIPART_THRESHOLD
+) -> Generator[Step, Any, str]:
+    """The calls and PUTs that upload a file; returns its ``file_key``. One presigned PUT
+    below ``threshold`` (or multipart if the server finds it too large for one), else a
+    multipart upload, aborted if anything fails."""
+    if source.size < threshold:
+        try:
+            presigned: PresignedUpload = yield presign_file(source)
+        except RunyardError as exc:
+            if exc.status != 413:
+                raise
+        else:
+            yield Put(source, presigned.upload_url, presigned.upload_headers, 0, source.size)
+            return presigned.file_key
+    upload: MultipartUpload = yield initiate_multipart(source)
+    try:
+        etags: list[tuple[int, str]] = []
+        numbers = list(range(1, upload.part_count + 1))
+        for start in range(0, len(numbers), PART_BATCH):
+            links: list[PartLink] = yield part_links(
+                upload.storage_key, upload.upload_id, numbers[start : start + PART_BATCH]
+            )
+            for link in links:
+                offset = (link.part_number - 1) * upload.part_size
+                size = min(upload.part_size, source.size - offset)
+                etag: str = yield Put(source, link.upload_url, link.upload_headers, offset, size)
+                etags.append((link.part_number, etag))
+        file_key: str = yield complete_multipart(upload.storage_key, upload.upload_id, etags)
+        return file_key
+    except RunyardError:
+        with contextlib.suppress(RunyardError):
+            yield abort_multipart(upload.storage_key, upload.upload_id)
+        raise
+
+
+def parameters_flow(
+    parameters: Mapping[str, Any], threshold: int = MULTIPART_THRESHOLD
+) -> Generator[Step, Any, dict[str, Any]]:
+    """Upload every ``Path`` value (each file checked before anything is sent); returns the
+    parameters with their file keys in place."""
+    sources = {k: upload_source(v) for k, v in parameters.items() if isinstance(v, os.PathLike)}
+    resolved = dict(parameters)
+    for name, source in sources.items():
+        resolved[name] = yield from upload_flow(source, threshold)
+    return resolved
+
+
+class UploadCounter:
+    """Counts the bytes sent of each file and reports them to a progress callback."""
+
+    def __init__(self, progress: Callable[[UploadProgress], Any] | None) -> None:
+        self.progress = progress
+        self.done: dict[Path, int] = {}
+
+    def add(self, source: UploadSource, sent: int) -> None:
+        first = source.path not in self.done
+        self.done[source.path] = self.done.get(source.path, 0) + sent
+        if self.progress is not None and (sent or first):
+            self.progress(UploadProgress(source.name, self.done[source.path], source.size))
+
+
+def chunk_sizes(put: Put) -> Iterator[int]:
+    """How much to read at a time for one PUT."""
+    remaining = put.size
+    while remaining > 0:
+        size = min(UPLOAD_CHUNK, remaining)
+        yield size
+        remaining -= size
+
+
+def check_chunk(chunk: bytes, size: int, source: UploadSource) -> None:
+    if len(chunk) != size:
+        raise RunyardError(0, f"{source.path} changed while it was being uploaded")
+
+
+def put_url(server: str, put: Put) -> str:
+    return urljoin(server + "/", put.url)
+
+
+def put_result(response: httpx.Response) -> str:
+    """The ETag of a successful signed PUT; the error otherwise."""
+    if response.status_code >= 400:
+        raise error_from(response)
+    return str(response.headers.get("ETag", ""))
+
+
+def upload_timeout() -> httpx.Timeout:
+    return httpx.Timeout(60.0)
+
+
+def has_files(parameters: Mapping[str, Any] | None) -> bool:
+    """Whether any parameter is a local file (``pathlib.Path``) to upload first."""
+    return any(isinstance(v, os.PathLike) for v in (parameters or {}).values())

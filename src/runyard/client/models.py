@@ -246,6 +246,37 @@ class DownloadProgress:
     count: int
 
 
+@dataclass(frozen=True)
+class UploadProgress:
+    """Passed to ``upload_file(progress=…)`` (and ``run`` with ``Path`` parameters) as bytes
+    leave."""
+
+    filename: str
+    #: Bytes sent so far.
+    done: int
+    total: int
+
+
+class PresignedUpload(Model):
+    file_key: str
+    upload_url: str
+    upload_headers: dict[str, str] = {}
+
+
+class MultipartUpload(Model):
+    upload_id: str
+    storage_key: str
+    file_size: int
+    part_size: int
+    part_count: int
+
+
+class PartLink(Model):
+    part_number: int
+    upload_url: str
+    upload_headers: dict[str, str] = {}
+
+
 # -- agents, keys, webhooks ---------------------------------------------------------------------
 
 

@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from runyard import __version__
 from runyard.client import _core
-from runyard.client._core import Call, SSEDecoder, StreamState
+from runyard.client._core import Call, StreamState
 from runyard.client.errors import RunyardError
 from runyard.client.models import (
     Agent,
@@ -29,6 +28,7 @@ from runyard.client.models import (
     Task,
     TaskEvent,
     TaskResult,
+    UploadProgress,
     User,
     Webhook,
     Workflow,
@@ -38,7 +38,7 @@ T = TypeVar("T")
 PathLike = str | os.PathLike[str]
 
 
-class Runyard:
+class Runyard(_core.ClientBase):
     """A Runyard server, as one team sees it.
 
     Credentials, one of:
@@ -53,6 +53,8 @@ class Runyard:
     error raises ``RunyardError`` (``status``, ``error_message``).
     """
 
+    _http: httpx.Client
+
     def __init__(
         self,
         server: str | None = None,
@@ -66,22 +68,15 @@ class Runyard:
         reconnect_delay: float | None = None,
         give_up_after: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        multipart_threshold: int = _core.MULTIPART_THRESHOLD,
     ) -> None:
-        self.server_url = _core.base_url(server or _core.default_server())
-        if api_key is None and email is None:
-            api_key = os.environ.get("RUNYARD_API_KEY") or None
-        self._auth = _core.Auth(api_key, email, password, team_id)
-        self._stream_timeout = stream_timeout
-        self._reconnect_delay = reconnect_delay
-        self._give_up_after = give_up_after
+        # Every argument, as given, to the shared constructor (the signature above is the
+        # public one; ClientBase takes the same names).
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+    def _open(self, http_options: dict[str, Any]) -> None:
         self._lock = threading.Lock()
-        self._http = httpx.Client(
-            base_url=self.server_url,
-            timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": f"{_core.USER_AGENT}/{__version__}"},
-            follow_redirects=False,
-        )
+        self._http = httpx.Client(**http_options)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -99,11 +94,6 @@ class Runyard:
     ) -> None:
         self.close()
 
-    @property
-    def team_id(self) -> str | None:
-        """The session's team (after the first call), when signed in with email/password."""
-        return self._auth.team_id
-
     def _send(
         self,
         call: Call[Any],
@@ -115,28 +105,12 @@ class Runyard:
         if call.authenticated and renew:
             self._ensure_auth()
         for attempt in (1, 2):
-            headers = dict(call.headers)
-            if call.authenticated:
-                headers.update(self._auth.headers())
-            request = self._http.build_request(
-                call.route.method,
-                call.url,
-                params=call.params,
-                json=call.json,
-                headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            request = self._request(self._http, call, timeout)
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 raise _core.transport_error(self.server_url, exc) from None
-            if (
-                response.status_code == 401
-                and attempt == 1
-                and renew
-                and call.authenticated
-                and self._auth.is_session
-            ):
+            if self._renew_after(response, attempt, renew, call):
                 response.close()
                 self._auth.expire()
                 self._ensure_auth()
@@ -157,20 +131,31 @@ class Runyard:
             return
         with self._lock:
             if self._auth.needs_renewal():
-                self._drive(self._auth.flow())
+                self._drive(self._auth.flow(), renew=False)
 
-    def _drive(self, flow: Generator[Call[Any], Any, None]) -> None:
+    def _drive(
+        self,
+        flow: Generator[_core.Step, Any, T],
+        *,
+        renew: bool = True,
+        progress: Callable[[UploadProgress], None] | None = None,
+    ) -> T:
+        """Run a flow of calls (and signed PUTs), feeding each answer back; its result."""
+        counter = _core.UploadCounter(progress)
         try:
-            call = next(flow)
+            step = next(flow)
             while True:
                 try:
-                    result = self._call(call, renew=False)
+                    if isinstance(step, _core.Put):
+                        result: Any = self._put(step, counter)
+                    else:
+                        result = self._call(step, renew=renew)
                 except RunyardError as exc:
-                    call = flow.throw(exc)
+                    step = flow.throw(exc)
                 else:
-                    call = flow.send(result)
-        except StopIteration:
-            return
+                    step = flow.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -287,6 +272,55 @@ class Runyard:
         """By id, slug, or ``slug@version``."""
         return self._call(_core.get_workflow(workflow))
 
+    # -- input files -------------------------------------------------------------------------
+
+    def upload_file(
+        self,
+        path: PathLike,
+        *,
+        content_type: str | None = None,
+        progress: Callable[[UploadProgress], None] | None = None,
+    ) -> str:
+        """Upload a local file as an input of the team; returns the ``file_key`` to pass as a
+        ``file`` parameter. Large files (``multipart_threshold``, 100 MiB) go up in parts.
+        The type is guessed from the name unless given; ``progress`` sees the bytes sent."""
+        source = _core.upload_source(path, content_type)
+        return self._drive(_core.upload_flow(source, self.multipart_threshold), progress=progress)
+
+    def _put(self, put: _core.Put, counter: _core.UploadCounter) -> str:
+        counter.add(put.source, 0)
+        url = _core.put_url(self.server_url, put)
+        try:
+            response = self._http.put(
+                url,
+                content=self._chunks(put, counter),
+                headers=dict(put.headers),
+                timeout=_core.upload_timeout(),
+            )
+        except httpx.TransportError as exc:
+            raise _core.transport_error(url, exc) from None
+        return _core.put_result(response)
+
+    def _chunks(self, put: _core.Put, counter: _core.UploadCounter) -> Iterator[bytes]:
+        with put.source.path.open("rb") as handle:
+            handle.seek(put.offset)
+            for size in _core.chunk_sizes(put):
+                chunk = handle.read(size)
+                _core.check_chunk(chunk, size, put.source)
+                counter.add(put.source, len(chunk))
+                yield chunk
+
+    def _with_uploads(
+        self,
+        parameters: Mapping[str, Any] | None,
+        progress: Callable[[UploadProgress], None] | None,
+    ) -> Mapping[str, Any] | None:
+        """``Path`` values uploaded, replaced by their file keys."""
+        if parameters is None or not _core.has_files(parameters):
+            return parameters
+        flow = _core.parameters_flow(parameters, self.multipart_threshold)
+        return self._drive(flow, progress=progress)
+
     # -- runs and tasks ----------------------------------------------------------------------
 
     def submit(
@@ -297,11 +331,13 @@ class Runyard:
         priority: int | None = None,
         target_pool: str | None = None,
         idempotency_key: str | None = None,
+        upload_progress: Callable[[UploadProgress], None] | None = None,
     ) -> str:
-        """Submit a run of a workflow (id, slug or ``slug@version``); returns the task id."""
+        """Submit a run of a workflow (id, slug or ``slug@version``); returns the task id.
+        ``pathlib.Path`` values are uploaded first (``upload_file``) and sent as file keys."""
         call = _core.run(
             workflow,
-            parameters,
+            self._with_uploads(parameters, upload_progress),
             priority=priority,
             target_pool=target_pool,
             idempotency_key=idempotency_key,
@@ -319,15 +355,18 @@ class Runyard:
         priority: int | None = None,
         target_pool: str | None = None,
         idempotency_key: str | None = None,
+        upload_progress: Callable[[UploadProgress], None] | None = None,
     ) -> Task:
-        """Submit a run; with ``wait``, follow its events until it ends and return the final
-        task (check ``task.ok``; a failed task is returned, not raised)."""
+        """Submit a run (``Path`` parameter values are uploaded first); with ``wait``, follow
+        its events until it ends and return the final task (check ``task.ok``; a failed task
+        is returned, not raised)."""
         task_id = self.submit(
             workflow,
             parameters,
             priority=priority,
             target_pool=target_pool,
             idempotency_key=idempotency_key,
+            upload_progress=upload_progress,
         )
         if not wait:
             return self.get_task(task_id)
@@ -376,7 +415,7 @@ class Runyard:
         state = StreamState(task_id, last_id=after)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            reason = "the stream ended before the task did"
+            reader = _core.EventReader(state)
             try:
                 response = self._send(
                     _core.task_events(task_id, state.last_id),
@@ -384,44 +423,19 @@ class Runyard:
                     timeout=self._read_timeout(deadline),
                 )
                 try:
-                    decoder = SSEDecoder()
                     for line in response.iter_lines():
-                        message = decoder.feed(line)
-                        if decoder.retry_ms is not None:
-                            state.retry_seconds = decoder.retry_ms / 1000
-                        event = _core.task_event(message) if message is not None else None
-                        if event is not None and (
-                            event.id > state.last_id or event.event == "error"
-                        ):
-                            state.last_id = max(state.last_id, event.id)
-                            state.progressed()
+                        event = reader.feed(line)
+                        if event is not None:
                             yield event
                             if event.is_terminal:
                                 return
                         _core.check_deadline(deadline, task_id)
                 finally:
                     response.close()
-            except httpx.TimeoutException:
-                _core.check_deadline(deadline, task_id)
-                reason = "no data within the read timeout"
-            except httpx.TransportError as exc:
-                reason = str(exc) or type(exc).__name__
-            except RunyardError as exc:
-                if not _core.retriable(exc):
-                    raise
-                reason = exc.error_message
-            _core.check_deadline(deadline, task_id)
-            state.failed(self._give_up_after, reason)
-            pause = state.delay(self._reconnect_delay)
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-
-    def _read_timeout(self, deadline: float | None) -> httpx.Timeout:
-        read = self._stream_timeout
-        if deadline is not None:
-            read = max(0.05, min(read, deadline - time.monotonic() + 0.05))
-        return httpx.Timeout(30.0, read=read)
+                reason = _core.STREAM_ENDED
+            except (httpx.TransportError, RunyardError) as exc:
+                reason = _core.stream_failure(exc, deadline, task_id)
+            time.sleep(self._pause(state, deadline, reason))
 
     def download_outputs(
         self,
@@ -442,35 +456,27 @@ class Runyard:
         paths: list[Path] = []
         used: set[str] = set()
         for index, (label, url) in enumerate(links):
-            partial: Path | None = None
+            file: _core.DownloadFile | None = None
             try:
                 with self._http.stream("GET", url, timeout=httpx.Timeout(30.0)) as response:
                     if response.status_code >= 400:
                         response.read()
                         raise _core.error_from(response)
-                    name = _core.output_name(response, label, index, used)
-                    target = target_dir / name
-                    partial = target_dir / f".{name}.part"
-                    total = _core.content_length(response)
-                    done = 0
-                    if progress is not None:
-                        progress(DownloadProgress(name, 0, total, index, len(links)))
-                    with partial.open("wb") as out:
+                    file = _core.download_file(
+                        response, target_dir, label, (index, len(links)), used, progress
+                    )
+                    with file.partial.open("wb") as out:
                         for chunk in response.iter_bytes(1024 * 1024):
                             out.write(chunk)
-                            done += len(chunk)
-                            if progress is not None:
-                                progress(DownloadProgress(name, done, total, index, len(links)))
-                partial.replace(target)
-            except httpx.TransportError as exc:
-                if partial is not None:
-                    partial.unlink(missing_ok=True)
-                raise _core.transport_error(url, exc) from None
-            except BaseException:
-                if partial is not None:
-                    partial.unlink(missing_ok=True)
+                            file.add(len(chunk))
+                file.partial.replace(file.target)
+            except BaseException as exc:
+                if file is not None:
+                    file.partial.unlink(missing_ok=True)
+                if isinstance(exc, httpx.TransportError):
+                    raise _core.transport_error(url, exc) from None
                 raise
-            paths.append(target)
+            paths.append(file.target)
         return paths
 
     # -- agents, keys, webhooks --------------------------------------------------------------

@@ -19,6 +19,9 @@ class AttemptState:
     acked_at: float | None = None
     #: The task was cancelled or timed out; waiting for the agent to stop it.
     stopping: bool = False
+    #: The task's ``task_timeout`` when known (from the claim): lets the ACK set the
+    #: deadline without reading the task.
+    task_timeout: int | None = None
 
 
 class AgentConnection:
@@ -51,6 +54,9 @@ class AgentConnection:
         self.attempts: dict[tuple[str, int], AttemptState] = {}
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.close_code: int | None = None
+        #: The agent handed an attempt back (shutting down, or sent more than it can take):
+        #: no new work for it until its next heartbeat says what it runs.
+        self.held = False
         self.close_reason = ""
 
     @property
@@ -67,7 +73,7 @@ class AgentConnection:
         return self.close_code is not None
 
     def free_slots(self) -> int:
-        if self.closing or self.status != "idle":
+        if self.closing or self.held or self.status != "idle":
             return 0
         return max(0, self.capacity - len(self.attempts))
 

@@ -22,6 +22,15 @@ router = APIRouter()
 HELLO_TIMEOUT_SECONDS = 10.0
 #: Malformed frames tolerated before the gateway hangs up.
 MAX_BAD_FRAMES = 20
+#: A frame whose handling fails (the database unreachable, say) is tried again after these
+#: pauses; the agent's later frames wait meanwhile, so their order is kept.
+RETRY_DELAYS_SECONDS = (0.05, 0.25, 1.0)
+#: Close code when a result could not be recorded even so: the agent reconnects and sends
+#: its recent results again (as after any connection loss), and the attempt is not lost.
+CLOSE_RETRY = 1011
+#: Frames the agent sends again after a reconnect: results. A lost progress tick or log line
+#: is answered with an ``error`` frame instead.
+RESULT_FRAMES = (v1.Ack, v1.Complete, v1.Fail, v1.Cancelled)
 
 
 def _bearer(websocket: WebSocket) -> str:
@@ -112,7 +121,33 @@ async def _read(websocket: WebSocket, conn: AgentConnection, scheduler: Schedule
             if bad >= MAX_BAD_FRAMES:
                 conn.close(v1.CLOSE_PROTOCOL, "too many invalid frames")
             continue
+        await handle_frame(conn, scheduler, frame)
+
+
+async def handle_frame(conn: AgentConnection, scheduler: Scheduler, frame: v1.Frame) -> None:
+    kind = str(getattr(frame, "type", "frame"))
+    """Hand one frame to the scheduler; never drop it silently.
+
+    A failure is logged and the frame tried again; if it still fails, a result (the agent
+    resends those) closes the connection so the agent reconnects and sends it again, and
+    anything else is answered with an ``error`` frame.
+    """
+    for attempt, delay in enumerate((*RETRY_DELAYS_SECONDS, None), start=1):
         try:
             await scheduler.handle(conn, frame)
+            return
         except Exception:
-            log.exception("agent_frame_failed", agent_id=conn.agent_id, type=frame.type)
+            log.exception(
+                "agent_frame_failed",
+                agent_id=conn.agent_id,
+                type=kind,
+                attempt=attempt,
+                will_retry=delay is not None,
+            )
+        if delay is None or conn.closing:
+            break
+        await asyncio.sleep(delay)
+    if isinstance(frame, RESULT_FRAMES):
+        conn.close(CLOSE_RETRY, f"could not record {kind}; reconnect and send it again")
+    else:
+        conn.send(v1.Error(message=f"could not handle {kind}; the server had an error"))

@@ -1,4 +1,4 @@
-"""The routes that serve the ``local`` backend's signed links: ``PUT`` and ``GET`` on
+"""The routes that serve the ``local`` backend's signed links: ``PUT``, ``GET`` and ``HEAD`` on
 ``/api/v1/objects/<key>?…&expires=…&sig=…``.
 
 No credentials: the link is the permission. Checks, in order: the key is a plain relative
@@ -6,7 +6,10 @@ path (``400``); the signature matches the method, key and every query parameter,
 constant time, and the link has not expired (``403``); every signed header is present with its
 signed value — ``Content-Length``, ``Content-Type``, ``If-None-Match: *`` (``403``); the key does
 not exist yet (``412``). Bodies stream to disk in 1 MiB writes done off the event loop and
-downloads stream from disk (with ``Range``), so memory stays flat whatever the file size.
+downloads stream from disk (with ``Range``); where the server allows, large bodies are
+spliced into the file and whole files go out with ``sendfile(2)``
+(:mod:`runyard.objects.zerocopy`), so memory stays flat whatever the file size. ``HEAD`` on
+a download link takes the ``GET`` signature and answers the headers only.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from runyard.objects.keys import BadName, check_key, content_disposition
 from runyard.objects.local import LocalObjectStore
 from runyard.objects.port import InvalidUpload, ObjectExists
 from runyard.objects.signing import EXPIRES_PARAM
+from runyard.objects.zerocopy import SPLICE
 
 router = APIRouter(prefix="/objects", tags=["objects"])
 
 WRITE_BUFFER = 1024 * 1024
 #: Chunks per vectored write (well under any system's IOV_MAX).
 MAX_IOVECS = 512
+#: Bodies this large or larger are spliced into the file where the server allows it.
+SPLICE_MIN = 4 * 1024 * 1024
 
 
 class _Download(FileResponse):
@@ -90,8 +96,16 @@ def _pwrite_all(fd: int, chunks: list[bytes], offset: int) -> None:
 
 
 async def _receive(request: Request, fd: int, size: int, offset: int) -> None:
-    """Stream the body into ``fd`` at ``offset``: vectored 1 MiB writes in a thread while the
+    """Stream the body into ``fd`` at ``offset``: with ``splice(2)`` where the server allows
+    it (:mod:`runyard.objects.zerocopy`), else vectored 1 MiB writes in a thread while the
     next MiB arrives (at most two in memory). The body must be exactly ``size`` bytes."""
+    splice = (request.scope.get("extensions") or {}).get(SPLICE)
+    if splice is not None and size >= SPLICE_MIN:
+        received = await splice["receive_into"](fd, offset, size)
+        if received != size:
+            raise BadRequest(f"body has {received} bytes; the link is for {size}")
+        await asyncio.to_thread(os.fsync, fd)
+        return
     received = 0
     chunks: list[bytes] = []
     buffered = 0
@@ -188,7 +202,11 @@ def _write_marker(marker: Path, etag: str) -> None:
 
 
 @router.get("/{key:path}", summary="Download through a signed link (local storage)")
+@router.head("/{key:path}", summary="Headers of a signed download link (local storage)")
 async def get_object(request: Request, key: str) -> Any:
+    """The file, with ``Range`` support; ``HEAD`` on the same link answers the headers only
+    (``Content-Length``, ``Content-Type``, ``Accept-Ranges``). Whole-file answers on uvicorn
+    go out with ``sendfile(2)`` (:mod:`runyard.objects.zerocopy`)."""
     store, params = _checked(request, "GET", key)
     path = store.path_of(key)
     if not await asyncio.to_thread(path.is_file):

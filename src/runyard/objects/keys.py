@@ -81,12 +81,16 @@ def input_key(team_id: str, upload_id: str, file_name: str) -> str:
     return f"{input_prefix(team_id)}{upload_id}/{check_file_name(file_name)}"
 
 
+#: Every task's files are under ``tasks/<task_id>/``.
+TASKS_PREFIX = "tasks/"
+
+
 def attempt_prefix(task_id: str, attempt: int) -> str:
-    return f"tasks/{task_id}/{attempt}/"
+    return f"{task_prefix(task_id)}{attempt}/"
 
 
 def task_prefix(task_id: str) -> str:
-    return f"tasks/{task_id}/"
+    return f"{TASKS_PREFIX}{task_id}/"
 
 
 def output_key(task_id: str, attempt: int, name: str) -> str:

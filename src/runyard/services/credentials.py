@@ -3,24 +3,96 @@
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from runyard.domain.credentials import CredentialKind, generate_secret, hash_secret, key_prefix
+from runyard.domain.credentials import (
+    CredentialKind,
+    generate_secret,
+    hash_secret,
+    key_prefix,
+    kind_of,
+)
 from runyard.domain.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission, Role
+from runyard.services import auth
 from runyard.services.accounts import create_team_in, normalise_email, register
 from runyard.services.auth import Caller, CallerKind, TeamScope
 from runyard.services.context import ServiceContext
-from runyard.store.repos import Page, Repos
+from runyard.store.db import Database
+from runyard.store.repos import REVOKED_INFO, Page, Repos
 from runyard.store.tables import Credential, DevicePairing
 
 #: Unambiguous characters for user codes (no 0/O, 1/I/L).
 USER_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 PAIR_POLL_INTERVAL = 2
+
+
+#: How long a verified integration key (``sk-``) is trusted without reading it again. A key
+#: revoked through this server process is refused at once (revocations clear the cache when
+#: they commit); one revoked through another replica, or expiring, within this bound.
+CALLER_CACHE_SECONDS = 1.0
+CALLER_CACHE_MAX = 10_000
+
+
+class CallerCache:
+    """Key hash → the caller it authenticated, for ``CALLER_CACHE_SECONDS`` (by ``ctx.now``)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[datetime, Caller]] = {}
+
+    def get(self, key_hash: str, now: datetime) -> Caller | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if not entry[0] - timedelta(seconds=CALLER_CACHE_SECONDS) <= now < entry[0]:
+            del self._entries[key_hash]
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, caller: Caller, now: datetime) -> None:
+        if len(self._entries) >= CALLER_CACHE_MAX:
+            self._entries.clear()
+        self._entries[key_hash] = (now + timedelta(seconds=CALLER_CACHE_SECONDS), caller)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_caches: weakref.WeakKeyDictionary[Database, CallerCache] = weakref.WeakKeyDictionary()
+
+
+def caller_cache(db: Database) -> CallerCache:
+    """The cache of one database's callers; cleared by every committed revocation."""
+    cache = _caches.get(db)
+    if cache is None:
+        cache = _caches[db] = CallerCache()
+        created = cache
+
+        async def on_commit(info: dict[str, Any]) -> None:
+            if info.get(REVOKED_INFO):
+                created.clear()
+
+        db.after_commit.append(on_commit)
+    return cache
+
+
+async def authenticate_cached(ctx: ServiceContext, token: str) -> Caller:
+    """``auth.authenticate`` with integration keys remembered briefly (the submit path)."""
+    if kind_of(token) is not CredentialKind.INTEGRATION:
+        return await auth.authenticate(ctx, token)
+    cache = caller_cache(ctx.db)
+    key_hash = hash_secret(token)
+    now = ctx.now()
+    caller = cache.get(key_hash, now)
+    if caller is None:
+        caller = await auth.authenticate(ctx, token)
+        cache.put(key_hash, caller, now)
+    return caller
 
 
 @dataclass(frozen=True)
@@ -187,6 +259,22 @@ async def confirm_pairing(
         pairing.user_id = scope.user_id
         pairing.team_id = scope.team_id
         pairing.device_name = device_name or f"Desktop (paired {now:%Y-%m-%d})"
+
+
+async def deny_pairing(ctx: ServiceContext, scope: TeamScope, user_code: str) -> None:
+    """A signed-in user refuses a code shown by a device: the pairing is forgotten, so the
+    device's next poll gets 404 and it stops waiting."""
+    scope.require(Permission.READ)
+    code = normalise_user_code(user_code)
+    now = ctx.now()
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        pairing = await repos.pairing_by_user_code(code) if code else None
+        if pairing is None or pairing.expires_at <= now:
+            raise NotFound("pairing code not found or expired")
+        if pairing.approved_at is not None:
+            raise Conflict("this pairing code was already confirmed")
+        await repos.delete_pairing(pairing.id)
 
 
 @dataclass(frozen=True)

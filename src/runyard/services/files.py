@@ -30,6 +30,7 @@ from runyard.objects import (
     UploadedPart,
 )
 from runyard.objects.keys import (
+    TASKS_PREFIX,
     BadName,
     attempt_prefix,
     check_content_type,
@@ -284,6 +285,12 @@ async def abort_multipart(
     await objects(ctx).abort_multipart(row.file_key, upload_id)
     async with ctx.db.write() as session:
         await FileRepos(session).delete_file(row.file_key)
+
+
+async def record_team_purge(session: AsyncSession, team_id: str, now: datetime) -> None:
+    """In the transaction that deletes a team: the retention sweeper is to delete its inputs,
+    its unfinished multipart uploads and every task's files (see ``retention``)."""
+    await FileRepos(session).record_team_purge(team_id, input_prefix(team_id), TASKS_PREFIX, now)
 
 
 # -- inputs of tasks ---------------------------------------------------------------------------

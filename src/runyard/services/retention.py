@@ -6,7 +6,11 @@
   stay, marked deleted, so the task's result can say ``expired``;
 * orphans: files uploaded by attempts that did not complete their task (superseded, failed,
   cancelled, or not listed in the winning manifest), once their upload links have expired;
-  and, on local storage, partial uploads a crash left behind.
+  and, on local storage, partial uploads a crash left behind;
+* purges: everything a deleted team stored (its inputs, unfinished multipart uploads, every
+  task's files), from the ``storage_purges`` rows its deletion wrote. Each purge is swept once
+  at once and once more after every link signed before the deletion has expired (a PUT
+  through such a link may land later); then its row goes.
 
 Every replica may run it: each deletion is idempotent, and a row is removed (or marked) only
 after its object is gone, so a failed delete is retried on the next pass.
@@ -30,15 +34,20 @@ log = get_logger("runyard.retention")
 BATCH = 500
 
 
+#: After its links' lifetime, how much longer a purge waits for uploads still in flight.
+PURGE_GRACE = timedelta(minutes=5)
+
+
 @dataclass
 class SweepReport:
     inputs: int = 0
     outputs: int = 0
     orphans: int = 0
+    purged: int = 0
 
     @property
     def total(self) -> int:
-        return self.inputs + self.outputs + self.orphans
+        return self.inputs + self.outputs + self.orphans + self.purged
 
 
 async def sweep(ctx: ServiceContext) -> SweepReport:
@@ -56,13 +65,18 @@ async def sweep(ctx: ServiceContext) -> SweepReport:
         report.orphans += count
         if count < BATCH:
             break
+    report.purged = await _sweep_purges(ctx)
     store = objects(ctx)
     if isinstance(store, LocalObjectStore):
         ttl = timedelta(seconds=ctx.settings.storage.link_ttl_seconds)
         report.orphans += await store.clean_temp(ctx.now() - ttl)
     if report.total:
         log.info(
-            "storage_swept", inputs=report.inputs, outputs=report.outputs, orphans=report.orphans
+            "storage_swept",
+            inputs=report.inputs,
+            outputs=report.outputs,
+            orphans=report.orphans,
+            purged=report.purged,
         )
     return report
 
@@ -105,6 +119,34 @@ async def _sweep_orphans(ctx: ServiceContext) -> int:
         async with ctx.db.write() as session:
             await FileRepos(session).delete_output(row)
     return len(due)
+
+
+async def _sweep_purges(ctx: ServiceContext) -> int:
+    """Delete what each due purge names; returns how many objects went. A crash part-way
+    leaves the row, so the next pass lists and deletes whatever is left (idempotent)."""
+    store = objects(ctx)
+    now = ctx.now()
+    ttl = timedelta(seconds=ctx.settings.storage.link_ttl_seconds)
+    settled_before = now - ttl - PURGE_GRACE
+    removed = 0
+    after = 0
+    while True:
+        async with ctx.db.read() as session:
+            due = await FileRepos(session).purges(after, settled_before, BATCH)
+        for row in due:
+            after = row.id
+            if row.upload_id is not None:
+                await store.abort_multipart(row.prefix, row.upload_id)
+            for info in await store.list_prefix(row.prefix):
+                await store.delete(info.key)
+                removed += 1
+            async with ctx.db.write() as session:
+                if row.created_at <= settled_before:
+                    await FileRepos(session).delete_purge(row.id)
+                else:
+                    await FileRepos(session).purge_swept(row.id, now)
+        if len(due) < BATCH:
+            return removed
 
 
 class RetentionSweeper:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,13 @@ from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
 from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
-from runyard.domain.workflows import ParamType, WorkflowStatus, render, resolve_values
+from runyard.domain.workflows import (
+    ParamType,
+    WorkflowStatus,
+    parse_slug_ref,
+    render,
+    resolve_values,
+)
 from runyard.objects.keys import input_prefix
 from runyard.services import files, workflows
 from runyard.services.auth import CallerKind, TeamScope
@@ -26,6 +33,9 @@ from runyard.store.tables import IdempotencyKey, Task
 from runyard.store.work import WorkRepos
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+#: ``session.info`` key: the tasks a transaction submitted. The scheduler of this process
+#: (an ``after_commit`` hook) indexes them from memory instead of reading them back.
+SUBMITTED = "submitted_tasks"
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ async def submit(
         if existing is not None:
             return existing
 
-    wf = await workflows.resolve(ctx, scope, workflow_id=workflow_id, ref=ref)
+    wf = await _resolve(ctx, scope, workflow_id=workflow_id, ref=ref)
     spec = wf.spec
     if spec.workflow_status is WorkflowStatus.DISABLED:
         raise Conflict(f"workflow {spec.workflow_slug!r} is disabled")
@@ -124,17 +134,19 @@ async def submit(
         max_retries=spec.max_retries,
         retry_count=0,
         attempt=0,
-        event_seq=0,
+        event_seq=1,  # the ``pending`` event below
         created_at=now,
         updated_at=now,
     )
     try:
         async with ctx.db.write() as session:
             repos = WorkRepos(session)
-            await repos.add(task)
+            await repos.insert_task(task)
             await files.record_task_inputs(session, task.id, file_inputs)
-            await repos.add_event(
-                task,
+            # Its first event: sequence number 1, taken when the row was built.
+            await repos.insert_event(
+                task.id,
+                1,
                 "status",
                 {
                     "task_id": task.id,
@@ -143,6 +155,7 @@ async def submit(
                 },
                 now,
             )
+            session.info.setdefault(SUBMITTED, []).append(task)
             if idempotency_key is not None:
                 await repos.delete_expired_idempotency_keys(now)
                 await repos.add(
@@ -165,6 +178,39 @@ async def submit(
         return existing
     await ctx.notifier.task_submitted(task.id)
     return task.id
+
+
+#: Live workflow versions by (id, version): a version's content never changes, so an entry
+#: is never stale; only ``workflow_status`` (not versioned) is read each time.
+_versions: dict[tuple[str, int], workflows.WorkflowVersion] = {}
+_VERSIONS_MAX = 1000
+
+
+async def _resolve(
+    ctx: ServiceContext, scope: TeamScope, *, workflow_id: str | None, ref: str | None
+) -> workflows.WorkflowVersion:
+    """``workflows.resolve``, reading only (id, version, status) when the version is known:
+    the graph and parameters are not loaded and decoded again for every run."""
+    slug, pinned = parse_slug_ref(ref) if ref is not None else ("", None)
+    if pinned is None and scope.can(Permission.READ):
+        async with ctx.db.read() as session:
+            head = await WorkRepos(session).workflow_head(
+                scope.team_id, workflow_id=workflow_id, slug=None if workflow_id else slug
+            )
+        cached = _versions.get(head[:2]) if head is not None else None
+        if head is not None and cached is not None and cached.team_id == scope.team_id:
+            status = WorkflowStatus(head[2])
+            if status is cached.spec.workflow_status:
+                return cached
+            return dataclasses.replace(
+                cached, spec=dataclasses.replace(cached.spec, workflow_status=status)
+            )
+    wf = await workflows.resolve(ctx, scope, workflow_id=workflow_id, ref=ref)
+    if wf.live:
+        if len(_versions) >= _VERSIONS_MAX:
+            _versions.clear()
+        _versions[(wf.id, wf.version)] = wf
+    return wf
 
 
 async def _idempotent_replay(

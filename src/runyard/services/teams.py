@@ -13,6 +13,7 @@ from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services.accounts import create_team_in, normalise_email
 from runyard.services.auth import TeamScope
 from runyard.services.context import ServiceContext
+from runyard.services.files import record_team_purge
 from runyard.services.tasks import cancel_team_tasks, notify_cancelled
 from runyard.store.repos import Page, Repos
 from runyard.store.tables import Invitation, Membership, Team, User
@@ -76,13 +77,16 @@ async def transfer_ownership(ctx: ServiceContext, scope: TeamScope, new_owner_id
 
 
 async def delete_team(ctx: ServiceContext, scope: TeamScope) -> None:
-    """Delete the team and everything it owns; its keys stop working at once."""
+    """Delete the team and everything it owns; its keys stop working at once. Its stored
+    files (inputs, task outputs) are deleted by the retention sweeper, from purges recorded
+    in this same transaction."""
     scope.require(Permission.OWN_TEAM)
     async with ctx.db.write() as session:
         repos = Repos(session)
         # Unfinished work is cancelled first (agents are told to abort), then everything goes.
         cancelled = await cancel_team_tasks(session, scope.team_id, ctx.now())
         await repos.revoke_team_credentials(scope.team_id, ctx.now())
+        await record_team_purge(session, scope.team_id, ctx.now())
         await repos.delete_team(scope.team_id)
     await notify_cancelled(ctx, cancelled)
 
@@ -104,6 +108,15 @@ async def list_members(
     scope.require(Permission.READ)
     async with ctx.db.read() as session:
         return await Repos(session).members_of_team(scope.team_id, page)
+
+
+async def get_member(ctx: ServiceContext, scope: TeamScope, user_id: str) -> Membership:
+    scope.require(Permission.READ)
+    async with ctx.db.read() as session:
+        member = await Repos(session).membership(scope.team_id, user_id)
+    if member is None:
+        raise NotFound("member not found")
+    return member
 
 
 async def change_role(ctx: ServiceContext, scope: TeamScope, user_id: str, new_role: Role) -> None:

@@ -3,17 +3,206 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.domain.tasks import TaskStatus
 from runyard.store.repos import Page
-from runyard.store.tables import Agent, Gateway, Task, TaskAttempt
+from runyard.store.tables import Agent, Credential, Gateway, Task, TaskAttempt, TaskEvent
 
 ACTIVE = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
 WAITING = (TaskStatus.PENDING.value, TaskStatus.WAITING.value)
+
+#: Whether the task's team has an active webhook, computed by the statement that changes the
+#: task (``RETURNING``), so a transition without webhooks costs no extra query. Written as SQL
+#: text because SQLite's RETURNING renders column names unqualified, which would bind a
+#: correlated ``team_id`` to the webhooks table.
+HAS_WEBHOOKS = literal_column(
+    "EXISTS (SELECT 1 FROM webhooks w WHERE w.team_id = tasks.team_id"
+    " AND w.webhook_status = 'active')",
+    Boolean,
+).label("has_webhooks")
+
+
+# -- the hot path's statements, built once -------------------------------------------------
+#
+# Core statements on the tables (not the ORM entities) with bound parameters: SQLAlchemy
+# neither rebuilds them nor recomputes their cache keys per call, and no ORM bulk-update
+# machinery runs. Parameters are prefixed ``p_`` (names of columns are reserved in SET).
+
+_tasks = cast(Table, Task.__table__)
+_events = cast(Table, TaskEvent.__table__)
+_attempts = cast(Table, TaskAttempt.__table__)
+_agents = cast(Table, Agent.__table__)
+_t = _tasks.c
+
+
+def _held_by_agent() -> list[Any]:
+    """Fencing as a WHERE clause: the task's current attempt, held by this agent."""
+    return [
+        _t.id == bindparam("p_id"),
+        _t.attempt == bindparam("p_attempt"),
+        _t.agent_id == bindparam("p_agent"),
+        or_(_t.team_id == bindparam("p_team"), _t.target_pool == "community"),
+    ]
+
+
+_CLAIM_VALUES = {
+    "task_status": TaskStatus.QUEUED.value,
+    "updated_at": bindparam("p_now"),
+    "attempt": _t.attempt + 1,
+    "event_seq": _t.event_seq + 1,
+    "agent_id": bindparam("p_agent"),
+    "agent_labels": bindparam("p_labels"),
+    "gateway_id": bindparam("p_gateway"),
+    "gpu_type": bindparam("p_gpu"),
+    "lease_expires_at": bindparam("p_lease"),
+    "deadline_at": None,
+    "not_before": None,
+}
+_CLAIM_RETURNING = (
+    _t.id,
+    _t.team_id,
+    _t.attempt,
+    _t.event_seq,
+    _t.workflow_id,
+    _t.tool_type,
+    _t.workflow_json,
+    _t.parameters,
+    _t.task_timeout,
+)
+_CLAIM_WHERE = (
+    _t.id == bindparam("p_id"),
+    _t.task_status.in_(WAITING),
+    or_(_t.not_before.is_(None), _t.not_before <= bindparam("p_now")),
+)
+CLAIM = update(_tasks).where(*_CLAIM_WHERE).values(_CLAIM_VALUES).returning(*_CLAIM_RETURNING)
+#: PostgreSQL: a row another replica holds locked is skipped, never waited for.
+CLAIM_SKIP_LOCKED = (
+    update(_tasks)
+    .where(
+        *_CLAIM_WHERE,
+        _t.id.in_(
+            select(_t.id).where(_t.id == bindparam("p_id")).with_for_update(skip_locked=True)
+        ),
+    )
+    .values(_CLAIM_VALUES)
+    .returning(*_CLAIM_RETURNING)
+)
+START = (
+    update(_tasks)
+    .where(*_held_by_agent(), _t.task_status == TaskStatus.QUEUED.value)
+    .values(
+        task_status=TaskStatus.RUNNING.value,
+        updated_at=bindparam("p_now"),
+        started_at=bindparam("p_now"),
+        lease_expires_at=bindparam("p_lease"),
+        deadline_at=bindparam("p_deadline"),
+        event_seq=_t.event_seq + 1,
+    )
+    .returning(_t.team_id, _t.event_seq, HAS_WEBHOOKS)
+)
+COMPLETE = (
+    update(_tasks)
+    .where(*_held_by_agent(), _t.task_status == TaskStatus.RUNNING.value)
+    .values(
+        task_status=TaskStatus.COMPLETED.value,
+        updated_at=bindparam("p_now"),
+        completed_at=bindparam("p_now"),
+        task_output=bindparam("p_output"),
+        lease_expires_at=None,
+        deadline_at=None,
+        event_seq=_t.event_seq + 1,
+    )
+    .returning(_t.team_id, _t.event_seq, HAS_WEBHOOKS)
+)
+NEXT_EVENT_SEQ = (
+    update(_tasks)
+    .where(*_held_by_agent(), _t.task_status.in_(bindparam("p_statuses", expanding=True)))
+    .values(event_seq=_t.event_seq + 1)
+    .returning(_t.event_seq)
+)
+MARK_WAITING = (
+    update(_tasks)
+    .where(_t.id == bindparam("p_id"), _t.task_status == TaskStatus.PENDING.value)
+    .values(
+        task_status=TaskStatus.WAITING.value,
+        updated_at=bindparam("p_now"),
+        event_seq=_t.event_seq + 1,
+    )
+    .returning(_t.event_seq)
+)
+_ATTEMPT_KEY = (
+    _attempts.c.task_id == bindparam("p_id"),
+    _attempts.c.attempt == bindparam("p_attempt"),
+)
+ACKED = update(_attempts).where(*_ATTEMPT_KEY).values(acked_at=bindparam("p_now"))
+ENDED = (
+    update(_attempts)
+    .where(*_ATTEMPT_KEY)
+    .values(ended_at=bindparam("p_now"), outcome=bindparam("p_outcome"), error=bindparam("p_error"))
+)
+ENDED_IF_OPEN = ENDED.where(_attempts.c.ended_at.is_(None))
+COUNT_COMPLETED = (
+    update(_agents)
+    .where(_agents.c.team_id == bindparam("p_team"), _agents.c.agent_id == bindparam("p_agent"))
+    .values(tasks_completed=_agents.c.tasks_completed + 1)
+)
+INSERT_EVENT = insert(_events)
+INSERT_ATTEMPT = insert(_attempts)
+
+
+@dataclass(frozen=True)
+class WaitingRow:
+    """The columns of a waiting task the scheduler's index needs (no graph, no parameters)."""
+
+    id: str
+    team_id: str
+    task_status: str
+    target_pool: str
+    required_labels: list[str]
+    priority: int
+    created_at: datetime
+    not_before: datetime | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task just moved to ``queued`` by a claim: what its ``dispatch`` frame needs."""
+
+    id: str
+    team_id: str
+    attempt: int
+    event_seq: int
+    workflow_id: str
+    tool_type: str
+    workflow_json: dict[str, Any]
+    parameters: dict[str, Any]
+    task_timeout: int
+
+
+@dataclass(frozen=True)
+class Transitioned:
+    """A task changed by a single ``UPDATE … RETURNING``."""
+
+    team_id: str
+    event_seq: int
+    has_webhooks: bool
 
 
 class AgentRepos:
@@ -47,6 +236,34 @@ class AgentRepos:
 
     async def agent(self, team_id: str, agent_id: str) -> Agent | None:
         return await self.session.get(Agent, (team_id, agent_id))
+
+    async def connected_row(self, team_id: str, agent_id: str) -> Agent:
+        """The agent's row, created on its first connection."""
+        row = await self.agent(team_id, agent_id)
+        if row is None:
+            row = Agent(team_id=team_id, agent_id=agent_id, tasks_completed=0)
+            self.session.add(row)
+        return row
+
+    async def set_status(
+        self,
+        team_id: str,
+        agent_id: str,
+        status: str,
+        sync_phase: str | None,
+        sync_detail: str | None,
+        sync_percent: float | None,
+    ) -> None:
+        await self.session.execute(
+            update(Agent)
+            .where(Agent.team_id == team_id, Agent.agent_id == agent_id)
+            .values(
+                agent_status=status,
+                sync_phase=sync_phase,
+                sync_detail=sync_detail,
+                sync_percent=sync_percent,
+            )
+        )
 
     async def connected_agents(
         self, team_id: str, page: Page | None = None, agent_id: str | None = None
@@ -112,13 +329,253 @@ class AgentRepos:
         )
 
     async def count_completed(self, team_id: str, agent_id: str) -> None:
-        await self.session.execute(
-            update(Agent)
-            .where(Agent.team_id == team_id, Agent.agent_id == agent_id)
-            .values(tasks_completed=Agent.tasks_completed + 1)
-        )
+        await self.session.execute(COUNT_COMPLETED, {"p_team": team_id, "p_agent": agent_id})
 
     # -- scheduler -------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        task_id: str,
+        now: datetime,
+        *,
+        agent_id: str,
+        agent_labels: list[str],
+        gateway_id: str,
+        gpu_type: str | None,
+        ack_deadline: datetime,
+        for_update: bool,
+    ) -> Claimed | None:
+        """``pending|waiting → queued`` with the next attempt number, in one statement.
+
+        Only a task that still waits and is due (``not_before``) is claimed; on PostgreSQL
+        (``for_update``) a row another replica holds locked is skipped, never waited for.
+        The status event and the attempt row are written by :meth:`record_claims`.
+        """
+        result = await self.session.execute(
+            CLAIM_SKIP_LOCKED if for_update else CLAIM,
+            {
+                "p_id": task_id,
+                "p_now": now,
+                "p_agent": agent_id,
+                "p_labels": agent_labels,
+                "p_gateway": gateway_id,
+                "p_gpu": gpu_type,
+                "p_lease": ack_deadline,
+            },
+        )
+        row = result.first()
+        return None if row is None else Claimed(*row)
+
+    async def record_claims(
+        self, claims: Sequence[tuple[Claimed, str, str]], now: datetime, timestamp: str
+    ) -> None:
+        """The ``queued`` events and ``task_attempts`` rows of claims: (claim, agent, gateway)."""
+        if not claims:
+            return
+        await self.session.execute(
+            INSERT_EVENT,
+            [
+                {
+                    "task_id": c.id,
+                    "seq": c.event_seq,
+                    "event_type": "status",
+                    "payload": {
+                        "task_id": c.id,
+                        "status": TaskStatus.QUEUED.value,
+                        "timestamp": timestamp,
+                        "agent_id": agent_id,
+                        "attempt": c.attempt,
+                    },
+                    "created_at": now,
+                }
+                for c, agent_id, _ in claims
+            ],
+        )
+        await self.session.execute(
+            INSERT_ATTEMPT,
+            [
+                {
+                    "task_id": c.id,
+                    "attempt": c.attempt,
+                    "agent_id": agent_id,
+                    "gateway_id": gateway_id,
+                    "dispatched_at": now,
+                }
+                for c, agent_id, gateway_id in claims
+            ],
+        )
+        self.session.info.setdefault("task_events", set()).update(c.id for c, _, _ in claims)
+
+    async def mark_waiting(
+        self, task_ids: Sequence[str], now: datetime, timestamp: str, reason: str
+    ) -> list[str]:
+        """``pending → waiting`` for those still pending, with their events; returns them."""
+        moved: list[tuple[str, int]] = []
+        for task_id in task_ids:
+            row = (
+                await self.session.execute(MARK_WAITING, {"p_id": task_id, "p_now": now})
+            ).first()
+            if row is not None:
+                moved.append((task_id, int(row[0])))
+        if moved:
+            await self.session.execute(
+                INSERT_EVENT,
+                [
+                    {
+                        "task_id": task_id,
+                        "seq": seq,
+                        "event_type": "status",
+                        "payload": {
+                            "task_id": task_id,
+                            "status": TaskStatus.WAITING.value,
+                            "timestamp": timestamp,
+                            "reason": reason,
+                        },
+                        "created_at": now,
+                    }
+                    for task_id, seq in moved
+                ],
+            )
+            self.session.info.setdefault("task_events", set()).update(t for t, _ in moved)
+        return [t for t, _ in moved]
+
+    async def start_attempt(
+        self,
+        task_id: str,
+        attempt: int,
+        *,
+        team_id: str,
+        agent_id: str,
+        now: datetime,
+        lease_expires_at: datetime,
+        deadline_at: datetime | None,
+    ) -> Transitioned | None:
+        """ACK: ``queued → running`` if this agent holds the current attempt, else ``None``
+        (the caller then looks closer: a repeated ACK, a stale attempt, a cancelled task)."""
+        row = (
+            await self.session.execute(
+                START,
+                {
+                    "p_id": task_id,
+                    "p_attempt": attempt,
+                    "p_agent": agent_id,
+                    "p_team": team_id,
+                    "p_now": now,
+                    "p_lease": lease_expires_at,
+                    "p_deadline": deadline_at,
+                },
+            )
+        ).first()
+        if row is None:
+            return None
+        await self.mark_acked(task_id, attempt, now)
+        return Transitioned(row[0], row[1], bool(row[2]))
+
+    async def complete_attempt(
+        self,
+        task_id: str,
+        attempt: int,
+        *,
+        team_id: str,
+        agent_id: str,
+        now: datetime,
+        task_output: dict[str, Any] | None,
+    ) -> Transitioned | None:
+        """``running → completed`` if this agent holds the current attempt, else ``None``."""
+        row = (
+            await self.session.execute(
+                COMPLETE,
+                {
+                    "p_id": task_id,
+                    "p_attempt": attempt,
+                    "p_agent": agent_id,
+                    "p_team": team_id,
+                    "p_now": now,
+                    "p_output": task_output,
+                },
+            )
+        ).first()
+        if row is None:
+            return None
+        await self.end_attempt_row(task_id, attempt, now, "completed", None)
+        await self.count_completed(team_id, agent_id)
+        return Transitioned(row[0], row[1], bool(row[2]))
+
+    async def mark_acked(self, task_id: str, attempt: int, now: datetime) -> None:
+        await self.session.execute(ACKED, {"p_id": task_id, "p_attempt": attempt, "p_now": now})
+
+    async def next_event_seq(
+        self,
+        task_id: str,
+        attempt: int,
+        *,
+        team_id: str,
+        agent_id: str,
+        statuses: Sequence[str],
+    ) -> int | None:
+        """Take the next event number of a task this agent's attempt holds in one of
+        ``statuses`` (progress, logs); ``None`` when it does not."""
+        row = (
+            await self.session.execute(
+                NEXT_EVENT_SEQ,
+                {
+                    "p_id": task_id,
+                    "p_attempt": attempt,
+                    "p_agent": agent_id,
+                    "p_team": team_id,
+                    "p_statuses": list(statuses),
+                },
+            )
+        ).first()
+        return None if row is None else int(row[0])
+
+    async def end_attempt_row(
+        self,
+        task_id: str,
+        attempt: int,
+        now: datetime,
+        outcome: str,
+        error: str | None,
+        *,
+        only_open: bool = False,
+    ) -> None:
+        """Record how an attempt ended (``only_open``: unless it already has an end)."""
+        await self.session.execute(
+            ENDED_IF_OPEN if only_open else ENDED,
+            {
+                "p_id": task_id,
+                "p_attempt": attempt,
+                "p_now": now,
+                "p_outcome": outcome,
+                "p_error": error,
+            },
+        )
+
+    async def task(self, task_id: str) -> Task | None:
+        """A task of any team, without locking it (checks before a write)."""
+        return await self.session.get(Task, task_id)
+
+    async def claim_blocker(self, task_id: str) -> tuple[str, datetime | None] | None:
+        """Why a claim found nothing: the task's status and ``not_before`` (or ``None``)."""
+        row = (
+            await self.session.execute(
+                select(Task.task_status, Task.not_before).where(Task.id == task_id)
+            )
+        ).first()
+        return None if row is None else (str(row[0]), row[1])
+
+    async def credential_states(
+        self, credential_ids: Sequence[str]
+    ) -> dict[str, tuple[datetime | None, datetime | None]]:
+        """credential id → (revoked_at, expires_at) for the keys of connected agents."""
+        if not credential_ids:
+            return {}
+        rows = await self.session.execute(
+            select(Credential.id, Credential.revoked_at, Credential.expires_at).where(
+                Credential.id.in_(list(set(credential_ids)))
+            )
+        )
+        return {str(i): (r, e) for i, r, e in rows.all()}
 
     async def task_for_claim(self, task_id: str) -> Task | None:
         """Lock a task for a claim; on PostgreSQL skip it if another replica holds it."""
@@ -130,9 +587,19 @@ class AgentRepos:
     async def attempt(self, task_id: str, attempt: int) -> TaskAttempt | None:
         return await self.session.get(TaskAttempt, (task_id, attempt))
 
-    async def waiting_tasks(self, limit: int, after: str = "") -> Sequence[Task]:
+    async def waiting_tasks(self, limit: int, after: str = "") -> list[WaitingRow]:
+        """One page (by id) of the tasks waiting for an agent: only the index's columns."""
         result = await self.session.execute(
-            select(Task)
+            select(
+                Task.id,
+                Task.team_id,
+                Task.task_status,
+                Task.target_pool,
+                Task.required_labels,
+                Task.priority,
+                Task.created_at,
+                Task.not_before,
+            )
             .where(
                 Task.task_status.in_(WAITING),
                 Task.dispatch_target == "agent",
@@ -141,7 +608,29 @@ class AgentRepos:
             .order_by(Task.id)
             .limit(limit)
         )
-        return result.scalars().all()
+        return [WaitingRow(*row) for row in result.all()]
+
+    async def waiting_task(self, task_id: str) -> WaitingRow | None:
+        """The index's columns of one task, if it waits for an agent."""
+        row = (
+            await self.session.execute(
+                select(
+                    Task.id,
+                    Task.team_id,
+                    Task.task_status,
+                    Task.target_pool,
+                    Task.required_labels,
+                    Task.priority,
+                    Task.created_at,
+                    Task.not_before,
+                ).where(
+                    Task.id == task_id,
+                    Task.task_status.in_(WAITING),
+                    Task.dispatch_target == "agent",
+                )
+            )
+        ).first()
+        return None if row is None else WaitingRow(*row)
 
     async def expired_leases(self, now: datetime, limit: int = 200) -> Sequence[Task]:
         result = await self.session.execute(

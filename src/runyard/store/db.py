@@ -8,6 +8,7 @@ another writer got there first, and ``busy_timeout`` cannot help with that case.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +27,9 @@ from sqlalchemy.ext.asyncio import (
 from runyard.config import DatabaseSettings
 
 _write_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_write", default=False)
+#: Set while this task holds the in-process SQLite write lock (a nested write must not wait
+#: for itself).
+_holds_lock: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_lock", default=False)
 
 
 def async_url(url: str) -> URL:
@@ -61,6 +65,8 @@ class Database:
         #: repositories announce what they wrote (task events, webhook outbox rows) once it is
         #: durable, never before.
         self.after_commit: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,9 +101,37 @@ class Database:
         async with self._sessions() as session:
             yield session
 
+    def _write_lock(self) -> asyncio.Lock | None:
+        """SQLite: one FIFO queue of writers in this process (``None``: no lock needed).
+
+        SQLite does not queue writers: one that finds the lock taken sleeps and retries
+        (1, 2, 5 … 100 ms) until ``busy_timeout``, so under load the lock sits free while
+        every waiter sleeps, and an unlucky writer starves past the timeout (``database is
+        locked``). Queuing them here hands the lock over at once, in arrival order;
+        ``busy_timeout`` then only matters against other processes (CLI commands).
+        """
+        if not self.is_sqlite or _holds_lock.get():
+            return None
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock = asyncio.Lock()
+            self._lock_loop = loop
+        return self._lock
+
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A short write transaction: committed on success, rolled back on any error."""
+    async def write(
+        self, *, deferred: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """A short write transaction: committed on success, rolled back on any error.
+
+        ``deferred``: instead of running the ``after_commit`` hooks, append what they would
+        get to this list; the caller runs them later with :meth:`announce` (the group commit
+        does, so announcing one batch never holds up the next).
+        """
+        lock = self._write_lock()
+        if lock is not None:
+            await lock.acquire()
+        held = _holds_lock.set(lock is not None or _holds_lock.get())
         token = _write_mode.set(True)
         info: dict[str, Any] = {}
         try:
@@ -107,9 +141,19 @@ class Database:
                 info = dict(session.info)
         finally:
             _write_mode.reset(token)
+            _holds_lock.reset(held)
+            if lock is not None:
+                lock.release()
         if info:
-            for hook in self.after_commit:
-                await hook(info)
+            if deferred is not None:
+                deferred.append(info)
+            else:
+                await self.announce(info)
+
+    async def announce(self, info: dict[str, Any]) -> None:
+        """Run the ``after_commit`` hooks for a committed transaction's ``session.info``."""
+        for hook in self.after_commit:
+            await hook(info)
 
     async def ping(self) -> None:
         from sqlalchemy import text

@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.domain.tasks import TERMINAL
-from runyard.store.tables import StoredFile, Task, TaskInput, TaskOutput
+from runyard.store.tables import StoragePurge, StoredFile, Task, TaskInput, TaskOutput
+from runyard.store.types import UTCDateTime
 
 _TERMINAL = [s.value for s in TERMINAL]
 
@@ -166,3 +167,57 @@ class FileRepos:
                 TaskOutput.storage_key == row.storage_key,
             )
         )
+
+    # -- purges (objects of deleted teams) ---------------------------------------------------
+
+    async def record_team_purge(
+        self, team_id: str, input_prefix: str, task_prefix: str, now: datetime
+    ) -> None:
+        """In the transaction that deletes the team: one purge for its inputs, one for each
+        unfinished multipart upload, one per task (``<task_prefix><task id>/``)."""
+        at = literal(now, UTCDateTime())
+        self.session.add(StoragePurge(prefix=input_prefix, created_at=now))
+        await self.session.execute(
+            insert(StoragePurge).from_select(
+                ["prefix", "upload_id", "created_at"],
+                select(StoredFile.file_key, StoredFile.multipart_upload_id, at).where(
+                    StoredFile.team_id == team_id, StoredFile.multipart_upload_id.is_not(None)
+                ),
+            )
+        )
+        await self.session.execute(
+            insert(StoragePurge).from_select(
+                ["prefix", "created_at"],
+                select(literal(task_prefix) + Task.id + literal("/"), at).where(
+                    Task.team_id == team_id
+                ),
+            )
+        )
+        await self.session.flush()
+
+    async def purges(
+        self, after_id: int, settled_before: datetime, limit: int
+    ) -> Sequence[StoragePurge]:
+        """Purges due, in id order from ``after_id``: never swept yet, or settled (every link
+        signed before them has expired) and ready for the last sweep."""
+        rows = await self.session.execute(
+            select(StoragePurge)
+            .where(
+                StoragePurge.id > after_id,
+                or_(
+                    StoragePurge.swept_at.is_(None),
+                    StoragePurge.created_at <= settled_before,
+                ),
+            )
+            .order_by(StoragePurge.id)
+            .limit(limit)
+        )
+        return rows.scalars().all()
+
+    async def purge_swept(self, purge_id: int, now: datetime) -> None:
+        await self.session.execute(
+            update(StoragePurge).where(StoragePurge.id == purge_id).values(swept_at=now)
+        )
+
+    async def delete_purge(self, purge_id: int) -> None:
+        await self.session.execute(delete(StoragePurge).where(StoragePurge.id == purge_id))

@@ -19,6 +19,9 @@ from runyard.store.tables import (
     User,
 )
 
+#: ``session.info`` flag: this transaction revoked credentials (caches of callers drop theirs).
+REVOKED_INFO = "credentials_revoked"
+
 
 class Page:
     """Offset pagination as the API exposes it (1-based pages)."""
@@ -192,6 +195,7 @@ class Repos:
         return rows, total
 
     async def revoke_credentials(self, ids: Sequence[str], now: datetime) -> None:
+        self.session.info[REVOKED_INFO] = True
         await self.session.execute(
             update(Credential)
             .where(Credential.id.in_(ids), Credential.revoked_at.is_(None))
@@ -199,6 +203,7 @@ class Repos:
         )
 
     async def revoke_team_credentials(self, team_id: str, now: datetime) -> None:
+        self.session.info[REVOKED_INFO] = True
         await self.session.execute(
             update(Credential)
             .where(Credential.team_id == team_id, Credential.revoked_at.is_(None))

@@ -461,3 +461,19 @@ class TaskOutput(Base):
     kind: Mapped[str | None] = mapped_column(String(50), nullable=True)
     #: Set when retention removed the object.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class StoragePurge(Base):
+    """Objects to delete because what owned them is gone (a deleted team): every object
+    whose key starts with ``prefix`` and, with ``upload_id``, the unfinished multipart upload
+    of key ``prefix``. Written in the transaction that deletes the owner; the retention
+    sweeper deletes the objects, then — once every link signed before has expired — the row."""
+
+    __tablename__ = "storage_purges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prefix: Mapped[str] = mapped_column(String(1024))
+    upload_id: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When a sweep last deleted what the prefix held (None: not yet).
+    swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

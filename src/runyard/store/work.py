@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.domain.ids import new_id
@@ -22,6 +22,10 @@ from runyard.store.tables import (
     Workflow,
     WorkflowSnapshot,
 )
+
+_INSERT_EVENT = insert(cast(Table, TaskEvent.__table__))
+_TASKS = cast(Table, Task.__table__)
+_INSERT_TASK = insert(_TASKS)
 
 
 class WorkRepos:
@@ -47,6 +51,20 @@ class WorkRepos:
             select(Workflow).where(Workflow.team_id == team_id, Workflow.workflow_slug == slug)
         )
         return result.scalar_one_or_none()
+
+    async def workflow_head(
+        self, team_id: str, *, workflow_id: str | None = None, slug: str | None = None
+    ) -> tuple[str, int, str] | None:
+        """(id, live version, status) of a team's workflow, without its graph."""
+        query = select(Workflow.id, Workflow.version, Workflow.workflow_status).where(
+            Workflow.team_id == team_id
+        )
+        if workflow_id is not None:
+            query = query.where(Workflow.id == workflow_id)
+        else:
+            query = query.where(Workflow.workflow_slug == slug)
+        row = (await self.session.execute(query)).first()
+        return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
 
     async def workflows(
         self, team_id: str, page: Page, status: str | None = None
@@ -97,6 +115,16 @@ class WorkRepos:
     async def task(self, team_id: str, task_id: str) -> Task | None:
         row = await self.session.get(Task, task_id)
         return row if row is not None and row.team_id == team_id else None
+
+    async def insert_task(self, task: Task) -> None:
+        """Insert a new task built in memory (a Core insert: the object stays transient,
+        so nothing is flushed or tracked for it)."""
+        values = {
+            column.key: task.__dict__[column.key]
+            for column in _TASKS.columns
+            if column.key in task.__dict__
+        }
+        await self.session.execute(_INSERT_TASK, values)
 
     async def task_for_update(self, task_id: str) -> Task | None:
         """Load a task and lock its row (PostgreSQL) for a status change."""
@@ -186,36 +214,65 @@ class WorkRepos:
 
     async def _webhook_outbox(self, task: Task, target: TaskStatus, now: datetime) -> None:
         """Outbox rows for the team's webhooks, in the same transaction as the transition."""
+        await self.session.flush()
+        await self.webhook_outbox(
+            task.team_id, task.id, target, task.task_output, task.task_error, now
+        )
+
+    async def webhook_outbox(
+        self,
+        team_id: str,
+        task_id: str,
+        target: TaskStatus,
+        output: dict[str, Any] | None,
+        error: str | None,
+        now: datetime,
+    ) -> None:
+        """Outbox rows for a transition of a task (call it in the transition's transaction)."""
         event_type = EVENT_FOR_STATUS.get(target)
         if event_type is None:
             return
         rows = await self.session.execute(
-            select(Webhook).where(
-                Webhook.team_id == task.team_id, Webhook.webhook_status == "active"
+            select(Webhook.id, Webhook.webhook_events).where(
+                Webhook.team_id == team_id, Webhook.webhook_status == "active"
             )
         )
-        for webhook in rows.scalars():
-            if event_type not in webhook.webhook_events:
-                continue
-            self.session.add(
-                WebhookDelivery(
-                    id=new_id(),
-                    webhook_id=webhook.id,
-                    team_id=task.team_id,
-                    task_id=task.id,
-                    event_type=event_type,
-                    payload=task_body(
-                        event_type, task.id, target.value, task.task_output, task.task_error, now
-                    ),
-                    delivery_status="pending",
-                    attempt_count=0,
-                    attempts_in_round=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-            )
+        deliveries = [
+            {
+                "id": new_id(),
+                "webhook_id": webhook_id,
+                "team_id": team_id,
+                "task_id": task_id,
+                "event_type": event_type,
+                "payload": task_body(event_type, task_id, target.value, output, error, now),
+                "delivery_status": "pending",
+                "attempt_count": 0,
+                "attempts_in_round": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for webhook_id, events in rows.all()
+            if event_type in events
+        ]
+        if deliveries:
+            await self.session.execute(insert(WebhookDelivery), deliveries)
             self.session.info["webhook_outbox"] = True
-        await self.session.flush()
+
+    async def insert_event(
+        self, task_id: str, seq: int, event_type: str, payload: dict[str, Any], now: datetime
+    ) -> None:
+        """A task event whose ``seq`` the caller already took (``event_seq + 1 … RETURNING``)."""
+        await self.session.execute(
+            _INSERT_EVENT,
+            {
+                "task_id": task_id,
+                "seq": seq,
+                "event_type": event_type,
+                "payload": payload,
+                "created_at": now,
+            },
+        )
+        self.session.info.setdefault("task_events", set()).add(task_id)
 
     async def task_status(self, task_id: str) -> str | None:
         """The task's status, or None when it does not exist (any team)."""

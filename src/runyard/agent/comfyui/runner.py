@@ -21,7 +21,8 @@ One attempt:
 
 ``watch(client)`` keeps the agent's status in step with ComfyUI's health: ``unhealthy`` while
 ``/system_stats`` does not answer, ``idle`` once it does again, and fresh system stats (VRAM)
-for the heartbeats.
+for the heartbeats. Each answer goes to ``on_detected`` too, so labels and versions detected
+late (an agent started before ComfyUI) or changed (ComfyUI upgraded) reach the gateway.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import mimetypes
 import re
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +122,9 @@ class ComfyUIRunner(Runner):
         self.socket_wait = socket_wait
         self.healthy: bool | None = None
         self.detected: Detected | None = None
+        #: Called with every successful detection, before ``idle`` is reported: the agent
+        #: re-announces its labels and versions when they changed (``main.comfyui_agent``).
+        self.on_detected: Callable[[Detected], Awaitable[None]] | None = None
         self._attempts: dict[tuple[str, int], _State] = {}
         self._log = get_logger("runyard.agent.comfyui")
 
@@ -146,6 +151,8 @@ class ComfyUIRunner(Runner):
             self.healthy = False
             return False
         client.update_system_stats(detected.system_stats())
+        if self.on_detected is not None:
+            await self.on_detected(detected)
         if self.healthy is not True:
             self._log.info("comfyui_healthy", comfyui_version=detected.comfyui_version)
             await client.set_status("idle")
