@@ -217,6 +217,8 @@ async def count_tasks(
 @dataclass
 class Latency:
     samples: list[float]
+    #: From sending the ``POST`` to its answer (the dispatch may arrive before or after).
+    answered: list[float] = field(default_factory=list)
 
     @property
     def p50(self) -> float:
@@ -232,21 +234,32 @@ class Latency:
 
 
 async def measure_latency(
-    client: httpx.AsyncClient, team: Team, server: ServerProcess, samples: int, warmup: int
+    client: httpx.AsyncClient,
+    team: Team,
+    server: ServerProcess,
+    samples: int,
+    warmup: int,
+    profile: Path | None = None,
 ) -> Latency:
     """One idle agent; one task at a time; the agent is idle again before the next submit."""
     agent = BenchAgent(server.ws_url, team.agent_key, "bench-latency", Tally())
     await agent.start()
+    profiler: subprocess.Popen[bytes] | None = None
+    if profile is not None and server.proc is not None:
+        profiler = start_profiler(server.proc.pid, profile)
     workflow_id = team.workflows["bench-latency"]
     done_before = await count_tasks(client, team, "completed", workflow_id)
     taken: list[float] = []
+    answered: list[float] = []
     try:
         for n in range(warmup + samples):
             started = time.perf_counter()
             task_id = await run_task(client, team, "bench-latency")
+            posted = time.perf_counter()
             arrived = await agent.dispatched(task_id)
             if n >= warmup:
                 taken.append((arrived - started) * 1000)
+                answered.append((posted - started) * 1000)
             expected = done_before + n + 1
 
             async def settled(expected: int = expected) -> bool:
@@ -255,8 +268,11 @@ async def measure_latency(
             await wait_for(settled, 30, "completion", pause=0.002)
             await asyncio.sleep(0.005)  # let the freed slot settle: the agent is idle again
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
         await agent.close()
-    return Latency(taken)
+    return Latency(taken, answered)
 
 
 @dataclass
@@ -424,6 +440,12 @@ def report(
         ),
         ("    submit→dispatch max", f"{idle.worst:.2f} ms", "", ""),
         (
+            "    POST answered p50 / p99",
+            f"{percentile(idle.answered, 50):.2f} / {percentile(idle.answered, 99):.2f} ms",
+            "",
+            "",
+        ),
+        (
             f"(2) lifecycles/s, {plan.throughput_agents} agents, {flow.tasks} tasks",
             f"{flow.rate:.0f} /s",
             "≥ 500 /s",
@@ -509,7 +531,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     else:
         db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
         db_version = sqlite3.sqlite_version
-    server = ServerProcess(db_url, workdir / "data", server_env(args.db, args.sqlite_synchronous))
+    extra = {"RUNYARD_SQLITE_DRIVER": args.sqlite_driver} if args.db == "sqlite" else {}
+    server = ServerProcess(
+        db_url, workdir / "data", server_env(args.db, args.sqlite_synchronous, **extra)
+    )
     try:
         server.start()
         say(f"server up at {server.url} (pid {server.proc.pid if server.proc else '?'})")
@@ -521,7 +546,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             team = await setup_team(client)
 
             say(f"1/3 latency with one idle agent, {plan.latency_samples} samples")
-            idle = await measure_latency(client, team, server, plan.latency_samples, plan.warmup)
+            idle = await measure_latency(
+                client, team, server, plan.latency_samples, plan.warmup, args.profile_latency
+            )
             say(f"    p50 {idle.p50:.2f} ms, p99 {idle.p99:.2f} ms")
 
             say(f"2/3 throughput: {plan.throughput_tasks} tasks, {plan.throughput_agents} agents")
@@ -611,6 +638,13 @@ def main() -> int:
         default="FULL",
         help="RUNYARD_DATABASE_SQLITE_SYNCHRONOUS for the server (default: the server's FULL)",
     )
+    parser.add_argument(
+        "--sqlite-driver",
+        choices=("inline", "aiosqlite"),
+        default="inline",
+        help="RUNYARD_SQLITE_DRIVER for the server: statements on the event loop (the "
+        "default) or on aiosqlite's thread (as before; for comparisons)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer samples and tasks")
     parser.add_argument(
         "--backlog",
@@ -623,6 +657,12 @@ def main() -> int:
         type=Path,
         metavar="FILE",
         help="record the server with py-spy during the throughput run (collapsed stacks)",
+    )
+    parser.add_argument(
+        "--profile-latency",
+        type=Path,
+        metavar="FILE",
+        help="record the server with py-spy (--gil) during (1) into FILE (collapsed stacks)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
     args = parser.parse_args()

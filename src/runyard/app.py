@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +27,7 @@ from runyard.scheduler.core import Scheduler
 from runyard.services.context import NullNotifier, ServiceContext, build_context
 from runyard.services.retention import RetentionSweeper
 from runyard.store import migrate
-from runyard.store.db import Database
+from runyard.store.db import BUS_MESSAGES, Database
 from runyard.web import router as web_router
 from runyard.webhooks.deliverer import WEBHOOK_OUTBOX, Deliverer
 
@@ -146,14 +147,27 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         bus.subscribe(WEBHOOK_OUTBOX, wake_deliverer)
         sweeper = RetentionSweeper(service_ctx)
 
-        async def announce(info: dict[str, Any]) -> None:
-            # After each commit: tell every replica's streams and deliverers what changed.
-            for task_id in info.get("task_events", ()):
-                await bus.publish(TASK_EVENT, task_id)
+        def messages(info: dict[str, Any]) -> list[tuple[str, str]]:
+            # What a write changed, for every replica's streams, deliverers and dispatchers.
+            out = [(TASK_EVENT, task_id) for task_id in info.get("task_events", ())]
             if info.get("webhook_outbox"):
-                await bus.publish(WEBHOOK_OUTBOX, "")
+                out.append((WEBHOOK_OUTBOX, ""))
+            out.extend(info.get(BUS_MESSAGES, ()))
+            return out
 
-        service_ctx.db.after_commit.append(announce)
+        async def announce(info: dict[str, Any]) -> None:
+            # After each commit (SQLite's local bus).
+            for channel, payload in messages(info):
+                await bus.publish(channel, payload)
+
+        async def announce_in(session: AsyncSession) -> None:
+            # PostgreSQL: NOTIFY inside the transaction, delivered with its commit.
+            await bus.publish_in(session, messages(session.info))
+
+        if bus.transactional:
+            service_ctx.db.before_commit.append(announce_in)
+        else:
+            service_ctx.db.after_commit.append(announce)
         try:
             await bus.start()
             await scheduler.start()
@@ -167,7 +181,10 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             )
             yield
         finally:
-            service_ctx.db.after_commit.remove(announce)
+            if bus.transactional:
+                service_ctx.db.before_commit.remove(announce_in)
+            else:
+                service_ctx.db.after_commit.remove(announce)
             await sweeper.stop()
             await deliverer.stop()
             await scheduler.stop()

@@ -13,15 +13,18 @@ import pytest
 from sqlalchemy import select
 
 from runyard.config import Settings
+from runyard.domain.errors import Conflict
 from runyard.gateway.endpoint import CLOSE_RETRY
 from runyard.protocol import v1
 from runyard.scheduler.batch import GroupCommit
 from runyard.services.context import ServiceContext
 from runyard.services.credentials import CALLER_CACHE_SECONDS
+from runyard.services.tasks import SUBMITTED
 from runyard.store.agents import AgentRepos
 from runyard.store.db import Database
 from runyard.store.repos import Repos
 from runyard.store.tables import Credential, InstanceSetting
+from runyard.store.work import WorkRepos
 from tests.conftest import FakeClock
 from tests.integration.conftest import Accounts
 from tests.integration.live import (
@@ -272,3 +275,72 @@ async def test_concurrent_writers_take_turns_instead_of_failing(settings: Settin
             assert len(list(stored)) == 40
     finally:
         await db.dispose()
+
+
+async def _statuses(server: LiveServer, task_id: str) -> list[str]:
+    async with server.ctx.db.read() as session:
+        events = await WorkRepos(session).events(task_id)
+    return [e.payload["status"] for e in events if e.event_type == "status"]
+
+
+async def test_a_task_for_an_idle_agent_is_claimed_by_its_submit(server: LiveServer) -> None:
+    async with api(server) as client:
+        team = await live_team(server, client)
+        agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"])
+        task_id = await team.run()
+        dispatch = await agent.recv(v1.Dispatch)
+        assert (dispatch.task_id, dispatch.attempt) == (task_id, 1)
+        # Straight from pending to queued: it never waited for the dispatcher.
+        assert await _statuses(server, task_id) == ["pending", "queued"]
+        await agent.ack(dispatch)
+        await agent.complete(dispatch)
+        await team.wait(task_id, "completed")
+
+
+async def test_a_submit_that_fails_after_claiming_frees_the_agent(server: LiveServer) -> None:
+    async with api(server) as client:
+        team = await live_team(server, client)
+        agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"], capacity=1)
+        hooks = server.ctx.db.before_commit
+
+        async def fail_once(session: Any) -> None:
+            if SUBMITTED in session.info:  # the submit's transaction, once
+                hooks.remove(fail_once)
+                raise Conflict("the commit failed")
+
+        hooks.append(fail_once)  # after the scheduler's hook: the claim was made
+        refused = await client.post(
+            "/r/workflows/slug/text-to-image/run",
+            headers=team.sk_headers,
+            json={"parameters": {"prompt": "a fox"}},
+        )
+        assert refused.status_code == 409
+        # Nothing was stored, and the agent's only slot is free again for the next task.
+        task_id = await team.run()
+        dispatch = await agent.recv(v1.Dispatch)
+        assert (dispatch.task_id, dispatch.attempt) == (task_id, 1)
+
+
+async def test_a_submit_does_not_overtake_work_already_waiting_for_the_agent(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with api(server) as client:
+        team = await live_team(server, client)
+        scheduler = server.scheduler
+
+        async def paused() -> None:
+            return None
+
+        monkeypatch.setattr(scheduler, "dispatch_round", paused)  # the dispatcher waits
+        first = await team.run()
+        agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"], capacity=1)
+        # The agent is idle and an older task waits for it: a new one must not jump it.
+        second = await team.run()
+        assert second in scheduler.index
+        monkeypatch.undo()
+        scheduler.wake()
+        dispatch = await agent.recv(v1.Dispatch)
+        assert dispatch.task_id == first
+        await agent.ack(dispatch)
+        await agent.complete(dispatch)
+        assert (await agent.recv(v1.Dispatch)).task_id == second

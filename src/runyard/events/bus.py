@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.logging import get_logger
 from runyard.store.db import Database
-from runyard.store.notify import pg_notify
+from runyard.store.notify import pg_notify, pg_notify_in
 
 log = get_logger("runyard.bus")
 
@@ -27,6 +29,10 @@ CHANNEL_PREFIX = "runyard_"
 
 class Bus:
     """In-process bus (SQLite, tests)."""
+
+    #: Whether messages of a write transaction go out inside it (:meth:`publish_in`) rather
+    #: than after its commit (:meth:`publish`).
+    transactional = False
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
@@ -42,6 +48,10 @@ class Bus:
 
     async def publish(self, channel: str, payload: str) -> None:
         self._deliver(channel, payload)
+
+    async def publish_in(self, session: AsyncSession, messages: Sequence[tuple[str, str]]) -> None:
+        """Send messages with ``session``'s transaction (only where ``transactional``)."""
+        raise NotImplementedError
 
     def _deliver(self, channel: str, payload: str) -> None:
         for handler in self._handlers.get(channel, ()):
@@ -65,7 +75,14 @@ class Bus:
 
 
 class PostgresBus(Bus):
-    """Bus over PostgreSQL ``LISTEN/NOTIFY``: every replica sharing the database hears it."""
+    """Bus over PostgreSQL ``LISTEN/NOTIFY``: every replica sharing the database hears it.
+
+    Messages of a write transaction are sent in it, just before it commits (one statement
+    for all of them): ``NOTIFY`` is transactional, so listeners hear them exactly when the
+    rows are visible and never for a rolled-back transaction.
+    """
+
+    transactional = True
 
     def __init__(self, db: Database) -> None:
         super().__init__()
@@ -131,6 +148,9 @@ class PostgresBus(Bus):
             await pg_notify(self._db, CHANNEL_PREFIX + channel, payload)
         except Exception:
             log.exception("bus_publish_failed", channel=channel)
+
+    async def publish_in(self, session: AsyncSession, messages: Sequence[tuple[str, str]]) -> None:
+        await pg_notify_in(session, [(CHANNEL_PREFIX + c, p) for c, p in messages])
 
     async def stop(self) -> None:
         self._stopping = True

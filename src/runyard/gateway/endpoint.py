@@ -121,6 +121,12 @@ async def _read(websocket: WebSocket, conn: AgentConnection, scheduler: Schedule
             if bad >= MAX_BAD_FRAMES:
                 conn.close(v1.CLOSE_PROTOCOL, "too many invalid frames")
             continue
+        if conn.closing:
+            # Being closed (a result that could not be recorded, a replaced connection):
+            # what the agent sent after that is for its next connection, where it reports
+            # its attempts again. Handling it here could, say, read a heartbeat that no
+            # longer lists the attempt whose completion failed as the attempt being lost.
+            return
         await handle_frame(conn, scheduler, frame)
 
 

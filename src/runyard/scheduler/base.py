@@ -40,6 +40,12 @@ class SchedulerBase:
         #: Tasks indexed from memory at their submit's commit: their announcement on the bus
         #: (which follows) needs no read.
         self._submitted_here: set[str] = set()
+        #: Tasks whose submit announced them inside its transaction (transactional bus):
+        #: ``task_submitted`` after the commit has nothing left to send.
+        self._announced: set[str] = set()
+        #: Agents (by key) with claims of a dispatch round in flight: slots not free to
+        #: the claim at submit until those commit.
+        self._claiming: dict[tuple[str, str], int] = {}
         #: While the index is rebuilt: what changed in the live index meanwhile (task id →
         #: the entry added, or ``None`` when removed), replayed onto the rebuilt one.
         self._journal: dict[str, WaitingTask | None] | None = None

@@ -10,6 +10,9 @@ from runyard.scheduler.index import WaitingTask
 from runyard.services.tasks import SUBMITTED as SUBMITTED
 
 TASK_READY = "task_ready"
+#: ``session.info`` key: ``(Claimed, AgentConnection)`` of tasks claimed in their submit's
+#: transaction (see ``Dispatching._claim_at_submit``).
+CLAIMED_AT_SUBMIT = "claimed_at_submit"
 AGENT_COMMAND = "agent_command"
 #: Tasks moved ``pending → waiting`` per transaction (and per dispatch round).
 MARK_WAITING_BATCH = 200

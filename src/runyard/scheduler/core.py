@@ -83,6 +83,9 @@ class Scheduler(Dispatching, FrameHandling, Upkeep):
         # First: the dispatcher hears of a new task before anything is announced elsewhere
         # (on PostgreSQL each announcement is a round trip).
         self.ctx.db.after_commit.insert(0, self._after_commit)
+        # Before the app's hook that sends the transaction's messages.
+        self.ctx.db.before_commit.insert(0, self._before_commit)
+        self.ctx.db.after_rollback.append(self._rolled_back)
         await self.reload_waiting()
         for loop in (self._dispatch_loop, self._reaper_loop, self._lease_loop, self._sweep_loop):
             self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
@@ -99,6 +102,10 @@ class Scheduler(Dispatching, FrameHandling, Upkeep):
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(ValueError):
             self.ctx.db.after_commit.remove(self._after_commit)
+        with contextlib.suppress(ValueError):
+            self.ctx.db.before_commit.remove(self._before_commit)
+        with contextlib.suppress(ValueError):
+            self.ctx.db.after_rollback.remove(self._rolled_back)
         with contextlib.suppress(Exception):
             async with self.ctx.db.write() as session:
                 await AgentRepos(session).forget_gateway(self.gateway_id)
@@ -182,6 +189,9 @@ class Scheduler(Dispatching, FrameHandling, Upkeep):
     # -- the services' notifier ----------------------------------------------------------------
 
     async def task_submitted(self, task_id: str) -> None:
+        if task_id in self._announced:
+            self._announced.discard(task_id)  # sent with the submit's commit
+            return
         await self.announce_ready(task_id)
 
     async def task_cancelled(

@@ -8,15 +8,19 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from runyard.domain.tasks import TaskStatus
 from runyard.gateway.connection import AgentConnection, AttemptState
 from runyard.logging import get_logger
 from runyard.protocol import v1
 from runyard.scheduler.base import SchedulerBase
 from runyard.scheduler.common import (
+    CLAIMED_AT_SUBMIT,
     MARK_WAITING_BATCH,
     RELOAD_PAGE,
     SUBMITTED,
+    TASK_READY,
     WaitingFields,
     iso,
     waiting_entry,
@@ -24,6 +28,7 @@ from runyard.scheduler.common import (
 from runyard.scheduler.index import WaitingIndex, WaitingTask
 from runyard.services import files
 from runyard.store.agents import WAITING, AgentRepos, Claimed
+from runyard.store.db import add_message
 from runyard.store.tables import Task
 
 log = get_logger("runyard.scheduler")
@@ -91,13 +96,123 @@ class Dispatching(SchedulerBase):
             self._pending.add(row.id)
         self.wake()
 
-    async def _after_commit(self, info: dict[str, Any]) -> None:
-        """Tasks submitted through this process go straight into the index (no read back)."""
-        for task in info.get(SUBMITTED, ()):
-            if task.dispatch_target == "agent" and task.id not in self.index:
+    async def _before_commit(self, session: AsyncSession) -> None:
+        """Tasks submitted in this transaction: claimed at once for an idle agent here when
+        nothing waits ahead of them; announced in the transaction on a transactional bus
+        (PostgreSQL: ``NOTIFY`` leaves with the commit, no round trip of its own after)."""
+        submitted: list[Task] = session.info.get(SUBMITTED, [])
+        if not submitted:
+            return
+        claimed = await self._claim_at_submit(session, submitted)
+        for task in submitted:
+            if len(self._announced) > 10_000:  # task_submitted calls that never came
+                self._announced.clear()
+            if task.id in claimed:
+                self._announced.add(task.id)  # dispatched: nobody needs to hear of it
+            elif self.bus.transactional:
+                add_message(session, TASK_READY, task.id)
+                self._announced.add(task.id)
                 if len(self._submitted_here) > 10_000:  # announcements that never came
                     self._submitted_here.clear()
+                # Before the commit: our own listener may hear the NOTIFY before the
+                # ``after_commit`` hook below has run; it must not read the task back.
                 self._submitted_here.add(task.id)
+
+    async def _claim_at_submit(self, session: AsyncSession, submitted: list[Task]) -> set[str]:
+        """Claim each new task for an idle agent connected here, in the submit's own
+        transaction: no second transaction, no dispatcher wake-up, and the ``dispatch``
+        frame leaves right after the commit. Only when the agent has nothing waiting that
+        it would take first (priority, then age, hold: else the dispatcher decides).
+        The slot is reserved now; ``_after_commit`` sends the frame and ``_rolled_back``
+        frees the slot if the transaction does not commit."""
+        claims: list[tuple[Claimed, AgentConnection]] = []
+        now = self.ctx.now()
+        for task in submitted:
+            if task.dispatch_target != "agent":
+                continue
+            entry = waiting_entry(task)
+            conn = self._idle_agent_for(entry)
+            if conn is None:
+                continue
+            self._hold(conn)  # while the claim statement runs, nobody else takes the slot
+            try:
+                claimed = await AgentRepos(session).claim(
+                    task.id,
+                    now,
+                    agent_id=conn.agent_id,
+                    agent_labels=sorted(conn.labels),
+                    gateway_id=self.gateway_id,
+                    gpu_type=conn.gpu_type,
+                    ack_deadline=now + timedelta(seconds=self.settings.ack_timeout_seconds),
+                    for_update=not self.ctx.db.is_sqlite,
+                )
+            finally:
+                self._release(conn)
+            if claimed is None:
+                continue
+            conn.attempts[(claimed.id, claimed.attempt)] = AttemptState(
+                claimed.id, claimed.attempt, task_timeout=claimed.task_timeout
+            )
+            claims.append((claimed, conn))
+        if not claims:
+            return set()
+        session.info.setdefault(CLAIMED_AT_SUBMIT, []).extend(claims)
+        await AgentRepos(session).record_claims(
+            [(c, conn.agent_id, self.gateway_id) for c, conn in claims], now, iso(now)
+        )
+        return {c.id for c, _ in claims}
+
+    def _idle_agent_for(self, entry: WaitingTask) -> AgentConnection | None:
+        conns = list(self.connections.values())
+        if not conns:
+            return None
+        start = self._rotation % len(conns)
+        for conn in conns[start:] + conns[:start]:
+            if self._free(conn) <= 0:
+                continue
+            slot = conn.slot()
+            if WaitingIndex.accepts(slot, entry) and not self.index.has_work_for(slot):
+                return conn
+        return None
+
+    def _free(self, conn: AgentConnection) -> int:
+        """Free slots, less those a claim in flight (not yet in ``attempts``) holds."""
+        return conn.free_slots() - self._claiming.get(conn.key, 0)
+
+    def _hold(self, conn: AgentConnection) -> None:
+        self._claiming[conn.key] = self._claiming.get(conn.key, 0) + 1
+
+    def _release(self, conn: AgentConnection) -> None:
+        left = self._claiming.get(conn.key, 0) - 1
+        if left > 0:
+            self._claiming[conn.key] = left
+        else:
+            self._claiming.pop(conn.key, None)
+
+    def _rolled_back(self, info: dict[str, Any]) -> None:
+        """A submit's transaction did not commit: free the slots its claims reserved."""
+        for claimed, conn in info.get(CLAIMED_AT_SUBMIT, ()):
+            conn.attempts.pop((claimed.id, claimed.attempt), None)
+            self._announced.discard(claimed.id)
+        if info.get(CLAIMED_AT_SUBMIT):
+            self.wake()
+
+    async def _after_commit(self, info: dict[str, Any]) -> None:
+        """Claims made at submit: their ``dispatch`` frames. Other tasks submitted through
+        this process go straight into the index (no read back)."""
+        claims: list[tuple[Claimed, AgentConnection]] = info.get(CLAIMED_AT_SUBMIT, [])
+        if claims:
+            await self._send_dispatches(claims)
+        claimed = {c.id for c, _ in claims}
+        transactional = self.bus.transactional
+        for task in info.get(SUBMITTED, ()):
+            if task.id in claimed:
+                continue
+            if task.dispatch_target == "agent" and task.id not in self.index:
+                if not transactional:  # (else done before the commit)
+                    if len(self._submitted_here) > 10_000:  # announcements that never came
+                        self._submitted_here.clear()
+                    self._submitted_here.add(task.id)
                 self._index_task(task, TaskStatus.PENDING.value)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -122,7 +237,7 @@ class Dispatching(SchedulerBase):
         progressed = True
         while progressed and len(self.index):
             progressed = False
-            conns = [c for c in self.connections.values() if c.free_slots() > 0]
+            conns = [c for c in self.connections.values() if self._free(c) > 0]
             if not conns:
                 break
             # Rotate the starting agent so equal agents share the work.
@@ -143,6 +258,9 @@ class Dispatching(SchedulerBase):
         now = self.ctx.now()
         ack_deadline = now + timedelta(seconds=self.settings.ack_timeout_seconds)
         won: list[tuple[Claimed, AgentConnection]] = []
+        # Until these claims commit, a submit must not give the same slots away.
+        for _, conn in picks:
+            self._hold(conn)
         try:
             async with self.ctx.db.write() as session:
                 agents = AgentRepos(session)
@@ -174,10 +292,17 @@ class Dispatching(SchedulerBase):
             for entry, _ in picks:
                 self._index_add(entry)
             raise
+        finally:
+            for _, conn in picks:
+                self._release(conn)
         for claimed, conn in won:
             conn.attempts[(claimed.id, claimed.attempt)] = AttemptState(
                 claimed.id, claimed.attempt, task_timeout=claimed.task_timeout
             )
+        await self._send_dispatches(won)
+        return len(won)
+
+    async def _send_dispatches(self, won: list[tuple[Claimed, AgentConnection]]) -> None:
         for claimed, conn in won:
             frame = v1.Dispatch(
                 task_id=claimed.id,
@@ -200,7 +325,6 @@ class Dispatching(SchedulerBase):
                 attempt=claimed.attempt,
                 agent_id=conn.agent_id,
             )
-        return len(won)
 
     async def _mark_waiting(self) -> None:
         """Tasks this process could not place at once: ``pending → waiting``, saying why.
@@ -223,14 +347,9 @@ class Dispatching(SchedulerBase):
             moved = await AgentRepos(session).mark_waiting(
                 ids, now, iso(now), "waiting for eligible agent"
             )
-        # Another replica may have skipped these rows while we held them locked (and dropped
-        # them from its index): announce them again so every replica can place them. In the
-        # background: each announcement is a round trip the dispatcher need not wait for.
-        if moved and not self.ctx.db.is_sqlite:
-            announcing = asyncio.create_task(self._announce_all(moved))
-            self._background.add(announcing)
-            announcing.add_done_callback(self._background.discard)
-
-    async def _announce_all(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            await self.announce_ready(task_id)
+            # Another replica may have skipped these rows while we held them locked (and
+            # dropped them from its index): announce them again so every replica can place
+            # them — with this transaction (one NOTIFY statement for all, at its commit).
+            if moved and self.bus.transactional:
+                for task_id in moved:
+                    add_message(session, TASK_READY, task_id)

@@ -149,5 +149,21 @@ class WaitingIndex:
                 return task
         return None
 
+    @staticmethod
+    def accepts(agent: AgentSlot, task: WaitingTask) -> bool:
+        """Whether this agent may take this task (the rules of :meth:`best_for`)."""
+        if not task.labels <= agent.labels or task.pool not in agent.pools:
+            return False
+        return task.pool == "community" or task.team_id == agent.team_id
+
+    def has_work_for(self, agent: AgentSlot) -> bool:
+        """Whether :meth:`best_for` would give this agent a task (without moving the
+        community round-robin on)."""
+        position = self._community_next
+        try:
+            return self.best_for(agent) is not None
+        finally:
+            self._community_next = position
+
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,11 +26,25 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from runyard.config import DatabaseSettings
+from runyard.store import sqlite_inline
 
 _write_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_write", default=False)
 #: Set while this task holds the in-process SQLite write lock (a nested write must not wait
 #: for itself).
 _holds_lock: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_lock", default=False)
+
+#: ``session.info`` key: ``(channel, payload)`` bus messages a write transaction wants sent
+#: (see :func:`add_message`).
+BUS_MESSAGES = "bus_messages"
+
+
+def add_message(session: AsyncSession, channel: str, payload: str) -> None:
+    """Ask for a bus message to go out with this transaction's commit (never without it).
+
+    On PostgreSQL it travels as a ``NOTIFY`` inside the transaction (delivered at commit,
+    dropped on rollback); on SQLite it is delivered locally after the commit.
+    """
+    session.info.setdefault(BUS_MESSAGES, []).append((channel, payload))
 
 
 def async_url(url: str) -> URL:
@@ -51,10 +66,19 @@ class Database:
         self.url = async_url(url)
         self.dialect = self.url.get_backend_name()
         kwargs: dict[str, Any] = {"echo": self.settings.echo}
+        #: SQLite statements run on the event loop (``sqlite_inline``), not aiosqlite's thread.
+        self.sqlite_inline = False
         if self.dialect == "sqlite":
             database = self.url.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+            if os.environ.get("RUNYARD_SQLITE_DRIVER", "inline") != "aiosqlite":
+                self.sqlite_inline = True
+                kwargs["async_creator"] = sqlite_inline.creator(
+                    database or ":memory:",
+                    self.settings.sqlite_busy_timeout_ms,
+                    uri=bool(self.url.query.get("uri")),
+                )
         else:
             kwargs.update(pool_size=self.settings.pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
@@ -65,6 +89,13 @@ class Database:
         #: repositories announce what they wrote (task events, webhook outbox rows) once it is
         #: durable, never before.
         self.after_commit: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
+        #: Called at the end of each write transaction, in it, just before its commit (not
+        #: when it fails): on PostgreSQL the bus sends its ``NOTIFY`` here, so they leave
+        #: with the commit and cost no connection of their own.
+        self.before_commit: list[Callable[[AsyncSession], Awaitable[None]]] = []
+        #: Called with the ``session.info`` of a write transaction that did not commit (its
+        #: body, a ``before_commit`` hook or the commit raised): undo what a hook reserved.
+        self.after_rollback: list[Callable[[dict[str, Any]], None]] = []
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -74,7 +105,9 @@ class Database:
 
     def _tune_sqlite(self) -> None:
         synchronous = self.settings.sqlite_synchronous
-        busy_timeout = int(self.settings.sqlite_busy_timeout_ms)
+        # Inline: SQLite's busy handler would sleep on the event loop; ``sqlite_inline``
+        # retries with asyncio.sleep instead, within the same budget.
+        busy_timeout = 0 if self.sqlite_inline else int(self.settings.sqlite_busy_timeout_ms)
 
         @event.listens_for(self.engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -134,11 +167,20 @@ class Database:
         held = _holds_lock.set(lock is not None or _holds_lock.get())
         token = _write_mode.set(True)
         info: dict[str, Any] = {}
+        pending: dict[str, Any] | None = None
         try:
             async with self._sessions() as session:
+                pending = session.info
                 async with session.begin():
                     yield session
+                    for before in self.before_commit:
+                        await before(session)
                 info = dict(session.info)
+        except BaseException:
+            if pending:
+                for undo in self.after_rollback:
+                    undo(pending)
+            raise
         finally:
             _write_mode.reset(token)
             _holds_lock.reset(held)
