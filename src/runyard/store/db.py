@@ -29,9 +29,11 @@ from runyard.config import DatabaseSettings
 from runyard.store import sqlite_inline
 
 _write_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_write", default=False)
-#: Set while this task holds the in-process SQLite write lock (a nested write must not wait
-#: for itself).
-_holds_lock: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_lock", default=False)
+#: The databases whose in-process SQLite write lock this task holds (a nested write must not
+#: wait for itself).
+_holds_lock: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "runyard_lock", default=frozenset()
+)
 
 #: ``session.info`` key: ``(channel, payload)`` bus messages a write transaction wants sent
 #: (see :func:`add_message`).
@@ -143,7 +145,7 @@ class Database:
         locked``). Queuing them here hands the lock over at once, in arrival order;
         ``busy_timeout`` then only matters against other processes (CLI commands).
         """
-        if not self.is_sqlite or _holds_lock.get():
+        if not self.is_sqlite or id(self) in _holds_lock.get():
             return None
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:
@@ -164,7 +166,11 @@ class Database:
         lock = self._write_lock()
         if lock is not None:
             await lock.acquire()
-        held = _holds_lock.set(lock is not None or _holds_lock.get())
+        # Per database: two Database objects on one file in a process (replicas in tests)
+        # each queue their own writers.
+        held = _holds_lock.set(
+            _holds_lock.get() | {id(self)} if lock is not None else _holds_lock.get()
+        )
         token = _write_mode.set(True)
         info: dict[str, Any] = {}
         pending: dict[str, Any] | None = None
