@@ -230,6 +230,33 @@ async def test_client_follows_a_task_from_submit_to_completion(server: LiveServe
         await agent.close()
 
 
+async def test_ticks_within_the_interval_coalesce_and_the_last_one_is_still_written(
+    settings: Settings,
+) -> None:
+    """Ticks faster than the progress interval are coalesced, but the latest one reaches the
+    log when the interval ends, even if the agent sends nothing more (a long node after the
+    sampler's last step must not leave the task showing an older step)."""
+    async with (
+        live_server(fast(settings, progress_interval_seconds=1.0)) as server,
+        api(server) as client,
+    ):
+        team = await live_team(server, client)
+        agent, dispatch = await running_task(server, team)
+
+        async def steps() -> list[int]:
+            stored = await reference(server, dispatch.task_id)
+            return [data["step_current"] for _, kind, data in stored if kind == "progress"]
+
+        for step in (1, 2, 3, 4):
+            await agent.send(tick(dispatch, step))
+        async with asyncio.timeout(5):  # the agent sends nothing more
+            while await steps() != [1, 4]:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(1.2)
+        assert await steps() == [1, 4]  # 2 and 3 were coalesced away
+        await agent.close()
+
+
 async def test_reconnecting_client_gets_every_event_exactly_once_in_order(
     server: LiveServer,
 ) -> None:

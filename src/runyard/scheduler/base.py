@@ -56,6 +56,8 @@ class SchedulerBase:
         self._rotation = 0
         self._progress_last: dict[str, float] = {}
         self._progress_pending: dict[tuple[str, int], v1.Progress] = {}
+        #: Attempts with a held tick and a timer that writes it when the interval ends.
+        self._progress_timers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self.commits = GroupCommit(ctx.db, workers=1 if ctx.db.is_sqlite else 4)
 
     def wake(self) -> None:

@@ -98,6 +98,10 @@ class Scheduler(Dispatching, FrameHandling, Upkeep):
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
+        timers = list(self._progress_timers.values())
+        for timer in timers:
+            timer.cancel()  # a held progress tick is not worth delaying a stop
+        await asyncio.gather(*timers, return_exceptions=True)
         await self.commits.stop()
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(ValueError):

@@ -10,6 +10,7 @@ ACK) falls back to the careful path that loads and locks the row.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 from typing import Any
@@ -209,11 +210,33 @@ class FrameHandling(SchedulerBase):
             return
         # Coalesce: at most one progress event per task per interval; the latest tick wins.
         last = self._progress_last.get(frame.task_id, 0.0)
-        if time.monotonic() - last < self.settings.progress_interval_seconds:
+        wait = last + self.settings.progress_interval_seconds - time.monotonic()
+        if wait > 0:
             self._progress_pending[key] = frame
+            if key not in self._progress_timers:
+                # Trailing edge: the held tick is written when the interval ends, so a
+                # long node after the last sampler step still shows that step.
+                self._progress_timers[key] = asyncio.create_task(
+                    self._write_held_progress(conn, key, wait)
+                )
             return
         self._progress_pending.pop(key, None)
         await self._write_progress(conn, frame)
+
+    async def _write_held_progress(
+        self, conn: AgentConnection, key: tuple[str, int], wait: float
+    ) -> None:
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._progress_timers.pop(key, None)
+        pending = self._progress_pending.pop(key, None)
+        if pending is None or key not in conn.attempts:
+            return  # flushed by the attempt's end, or the attempt is gone
+        try:
+            await self._write_progress(conn, pending)
+        except Exception:
+            log.exception("progress_write_failed", task_id=key[0], attempt=key[1])
 
     async def _write_progress(self, conn: AgentConnection, frame: v1.Progress) -> None:
         self._progress_last[frame.task_id] = time.monotonic()
