@@ -531,7 +531,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     else:
         db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
         db_version = sqlite3.sqlite_version
-    extra = {"RUNYARD_SQLITE_DRIVER": args.sqlite_driver} if args.db == "sqlite" else {}
+    extra = {"RUNYARD_DATABASE_SQLITE_DRIVER": args.sqlite_driver} if args.db == "sqlite" else {}
     server = ServerProcess(
         db_url, workdir / "data", server_env(args.db, args.sqlite_synchronous, **extra)
     )
@@ -642,7 +642,7 @@ def main() -> int:
         "--sqlite-driver",
         choices=("inline", "aiosqlite"),
         default="inline",
-        help="RUNYARD_SQLITE_DRIVER for the server: statements on the event loop (the "
+        help="RUNYARD_DATABASE_SQLITE_DRIVER for the server: statements on the event loop (the "
         "default) or on aiosqlite's thread (as before; for comparisons)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples and tasks")

@@ -32,6 +32,10 @@ class DatabaseSettings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     #: How long a SQLite writer waits for the lock before failing, in milliseconds.
     sqlite_busy_timeout_ms: int = 5000
+    #: ``inline``: SQLite's calls run on the event loop (no thread hop per statement; a lock
+    #: held by another process is waited for with async retries). ``aiosqlite``: on
+    #: aiosqlite's thread (the earlier driver, slower; a fallback).
+    sqlite_driver: Literal["inline", "aiosqlite"] = "inline"
     pool_size: int = 10
     echo: bool = False
 

@@ -111,3 +111,16 @@ async def test_bus_messages_leave_with_the_commit_only(db: Database, backend: st
         assert heard.empty()
     finally:
         await bus.stop()
+
+
+async def test_the_aiosqlite_fallback_still_reads_and_writes(db_url: str, backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("a SQLite driver setting")
+    db = Database(db_url, DatabaseSettings(sqlite_driver="aiosqlite"))
+    try:
+        assert not db.sqlite_inline
+        async with db.write() as session:
+            session.add(InstanceSetting(key="fallback", value="1"))
+        assert await _settings_count(db) >= 1
+    finally:
+        await db.dispose()

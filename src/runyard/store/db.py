@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,7 +73,7 @@ class Database:
             database = self.url.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            if os.environ.get("RUNYARD_SQLITE_DRIVER", "inline") != "aiosqlite":
+            if self.settings.sqlite_driver == "inline":
                 self.sqlite_inline = True
                 kwargs["async_creator"] = sqlite_inline.creator(
                     database or ":memory:",
