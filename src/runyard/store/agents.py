@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
+    Select,
     Table,
     and_,
     bindparam,
@@ -203,6 +204,20 @@ class Transitioned:
     team_id: str
     event_seq: int
     has_webhooks: bool
+
+
+def _waiting_rows() -> Select[str, str, str, str, list[str], int, datetime, datetime | None]:
+    """The waiting index's columns of tasks (see ``WaitingRow``)."""
+    return select(
+        Task.id,
+        Task.team_id,
+        Task.task_status,
+        Task.target_pool,
+        Task.required_labels,
+        Task.priority,
+        Task.created_at,
+        Task.not_before,
+    )
 
 
 class AgentRepos:
@@ -590,16 +605,7 @@ class AgentRepos:
     async def waiting_tasks(self, limit: int, after: str = "") -> list[WaitingRow]:
         """One page (by id) of the tasks waiting for an agent: only the index's columns."""
         result = await self.session.execute(
-            select(
-                Task.id,
-                Task.team_id,
-                Task.task_status,
-                Task.target_pool,
-                Task.required_labels,
-                Task.priority,
-                Task.created_at,
-                Task.not_before,
-            )
+            _waiting_rows()
             .where(
                 Task.task_status.in_(WAITING),
                 Task.dispatch_target == "agent",
@@ -614,16 +620,7 @@ class AgentRepos:
         """The index's columns of one task, if it waits for an agent."""
         row = (
             await self.session.execute(
-                select(
-                    Task.id,
-                    Task.team_id,
-                    Task.task_status,
-                    Task.target_pool,
-                    Task.required_labels,
-                    Task.priority,
-                    Task.created_at,
-                    Task.not_before,
-                ).where(
+                _waiting_rows().where(
                     Task.id == task_id,
                     Task.task_status.in_(WAITING),
                     Task.dispatch_target == "agent",
