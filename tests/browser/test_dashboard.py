@@ -184,7 +184,7 @@ async def run_a_workflow(page: Any, stack: Stack, tmp_path: Path, screenshot: Sc
     await page.get_by_label("Prompt").focus()
     await page.keyboard.type("a red fox in the snow")
     visited = []
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(45):  # a bound for a loop, not a speed check
         while True:
             await page.keyboard.press("Tab")
             focused = await page.evaluate(

@@ -237,7 +237,9 @@ async def test_agent_that_reconnects_within_its_lease_keeps_its_task(server: Liv
 
 async def test_two_gateways_never_claim_the_same_task(settings: Settings) -> None:
     """Two servers on one database (replicas), each with agents: every task runs once."""
-    fast(settings, sweep_interval_seconds=0.2, ack_timeout_seconds=5.0)
+    # Leases long enough that a loaded machine (two servers and the test in one process)
+    # cannot drop the agents mid-test: this test is about claims, not liveness.
+    fast(settings, sweep_interval_seconds=0.2, ack_timeout_seconds=5.0, lease_ttl_seconds=15.0)
     async with live_server(settings) as one, live_server(settings) as two, api(one) as client:
         team = await live_team(one, client, required_labels=[])
         agents = [
