@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import expect
+from playwright.async_api import FileChooser, expect
 
 from runyard.domain.webhooks import standard_signature
 from runyard.protocol import v1
@@ -183,6 +183,12 @@ async def run_a_workflow(page: Any, stack: Stack, tmp_path: Path, screenshot: Sc
     # with Space), and Enter on the Run button.
     await page.get_by_label("Prompt").focus()
     await page.keyboard.type("a red fox in the snow")
+    # Listen for the file chooser before any key is pressed: Playwright turns on Chromium's
+    # chooser interception without waiting for a reply, so a listener added just before the
+    # key press can lose the race on a loaded machine and the chooser is dropped.
+    choosers: asyncio.Queue[FileChooser] = asyncio.Queue()
+    page.on("filechooser", choosers.put_nowait)
+    await page.evaluate("0")  # a round trip: the interception request has reached the browser
     visited = []
     async with asyncio.timeout(45):  # a bound for a loop, not a speed check
         while True:
@@ -195,9 +201,9 @@ async def run_a_workflow(page: Any, stack: Stack, tmp_path: Path, screenshot: Sc
                 await page.keyboard.press("Control+A")
                 await page.keyboard.type("12")
             elif focused == "param-init_image":
-                async with page.expect_file_chooser() as chooser:
-                    await page.keyboard.press("Space")
-                await (await chooser.value).set_files(str(image))
+                await page.keyboard.press("Space")
+                chooser = await asyncio.wait_for(choosers.get(), 15)
+                await chooser.set_files(str(image))
                 await expect(page.locator("[data-upload-status='p.init_image']")).to_contain_text(
                     "Uploaded fox.png"
                 )
