@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,11 +24,16 @@ from runyard.protocol import v1
 from runyard.scheduler.base import SchedulerBase
 from runyard.scheduler.common import AttemptEnd, iso
 from runyard.services import files
-from runyard.store.agents import AgentRepos
+from runyard.store.agents import AgentRepos, Transitioned
 from runyard.store.tables import Task
 from runyard.store.work import WorkRepos
 
 log = get_logger("runyard.scheduler")
+
+#: Statuses in which an agent holds the task's attempt (claimed, or running).
+HELD = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+#: Log lines are kept in any status short of the end; progress only while running.
+LOG_STATUSES = (TaskStatus.PENDING.value, TaskStatus.WAITING.value, *HELD)
 
 
 class FrameHandling(SchedulerBase):
@@ -122,6 +127,70 @@ class FrameHandling(SchedulerBase):
             and (task.team_id == conn.team_id or task.target_pool == "community")
         )
 
+    def _known(self, conn: AgentConnection, ref: v1.AttemptRef) -> bool:
+        """Whether this connection runs the attempt (cheap, in memory); else it is refused."""
+        if (ref.task_id, ref.attempt) in conn.attempts:
+            return True
+        self._refuse_stale(conn, ref, "stale attempt")
+        return False
+
+    def _fence(self, conn: AgentConnection, task: Task | None, ref: v1.AttemptRef) -> Task | None:
+        """The task if ``ref`` is its current attempt, this agent's, and still active; else
+        ``None``, and the agent told to abort the attempt."""
+        if task is None or not self._owns(conn, task, ref):
+            self._refuse_stale(conn, ref, "stale attempt")
+            return None
+        if task.task_status not in HELD:
+            self._refuse_stale(conn, ref, f"task is {task.task_status}")
+            return None
+        return task
+
+    async def _record_transition(
+        self,
+        session: AsyncSession,
+        ref: v1.AttemptRef,
+        done: Transitioned,
+        status: TaskStatus,
+        now: datetime,
+        **details: Any,
+    ) -> None:
+        """The event and webhook deliveries of a fast-path transition, in its transaction: the
+        same event ``WorkRepos.change_status`` writes on the careful path."""
+        payload = {"task_id": ref.task_id, "status": status.value, "timestamp": iso(now), **details}
+        event = status.value if status.is_terminal else "status"
+        repos = WorkRepos(session)
+        await repos.insert_event(ref.task_id, done.event_seq, event, payload, now)
+        if done.has_webhooks:
+            output = details.get("output")
+            await repos.webhook_outbox(done.team_id, ref.task_id, status, output, None, now)
+
+    async def _append_event(
+        self,
+        conn: AgentConnection,
+        ref: v1.AttemptRef,
+        event: str,
+        payload: dict[str, Any],
+        now: datetime,
+        statuses: tuple[str, ...],
+    ) -> bool:
+        """A progress or log event in the group commit; False (nothing written) unless the
+        attempt is the agent's and its task in one of ``statuses``."""
+
+        async def job(session: AsyncSession) -> bool:
+            seq = await AgentRepos(session).next_event_seq(
+                ref.task_id,
+                ref.attempt,
+                team_id=conn.team_id,
+                agent_id=conn.agent_id,
+                statuses=statuses,
+            )
+            if seq is None:
+                return False
+            await WorkRepos(session).insert_event(ref.task_id, seq, event, payload, now)
+            return True
+
+        return await self.commits.run(job)
+
     # -- ACK ------------------------------------------------------------------------------
 
     async def _ack(self, conn: AgentConnection, ref: v1.Ack) -> None:
@@ -155,19 +224,8 @@ class FrameHandling(SchedulerBase):
             )
             if done is None:
                 return False
-            repos = WorkRepos(session)
-            payload = {
-                "task_id": ref.task_id,
-                "status": TaskStatus.RUNNING.value,
-                "timestamp": iso(now),
-                "agent_id": conn.agent_id,
-                "attempt": ref.attempt,
-            }
-            await repos.insert_event(ref.task_id, done.event_seq, "status", payload, now)
-            if done.has_webhooks:
-                await repos.webhook_outbox(
-                    done.team_id, ref.task_id, TaskStatus.RUNNING, None, None, now
-                )
+            who = {"agent_id": conn.agent_id, "attempt": ref.attempt}
+            await self._record_transition(session, ref, done, TaskStatus.RUNNING, now, **who)
             return True
 
         return await self.commits.run(job)
@@ -177,16 +235,11 @@ class FrameHandling(SchedulerBase):
         now = self.ctx.now()
         async with self.ctx.db.write() as session:
             repos = WorkRepos(session)
-            task = await repos.task_for_update(ref.task_id)
-            if not self._owns(conn, task, ref):
-                self._refuse_stale(conn, ref, "stale attempt")
+            task = self._fence(conn, await repos.task_for_update(ref.task_id), ref)
+            if task is None:
                 return False
-            assert task is not None
             if task.task_status == TaskStatus.RUNNING.value:
                 return True  # a repeated ACK
-            if task.task_status != TaskStatus.QUEUED.value:
-                self._refuse_stale(conn, ref, f"task is {task.task_status}")
-                return False
             await repos.change_status(
                 task,
                 TaskStatus.RUNNING,
@@ -204,10 +257,9 @@ class FrameHandling(SchedulerBase):
     # -- progress and logs ----------------------------------------------------------------
 
     async def _progress(self, conn: AgentConnection, frame: v1.Progress) -> None:
-        key = (frame.task_id, frame.attempt)
-        if key not in conn.attempts:
-            self._refuse_stale(conn, frame, "stale attempt")
+        if not self._known(conn, frame):
             return
+        key = (frame.task_id, frame.attempt)
         # Coalesce: at most one progress event per task per interval; the latest tick wins.
         last = self._progress_last.get(frame.task_id, 0.0)
         wait = last + self.settings.progress_interval_seconds - time.monotonic()
@@ -246,21 +298,8 @@ class FrameHandling(SchedulerBase):
             value = getattr(frame, name)
             if value is not None:
                 payload[name] = value
-
-        async def job(session: AsyncSession) -> bool:
-            seq = await AgentRepos(session).next_event_seq(
-                frame.task_id,
-                frame.attempt,
-                team_id=conn.team_id,
-                agent_id=conn.agent_id,
-                statuses=(TaskStatus.RUNNING.value,),
-            )
-            if seq is None:
-                return False
-            await WorkRepos(session).insert_event(frame.task_id, seq, "progress", payload, now)
-            return True
-
-        if await self.commits.run(job):
+        running = (TaskStatus.RUNNING.value,)
+        if await self._append_event(conn, frame, "progress", payload, now, running):
             return
         # Not written: a stale attempt (refuse it), or the task is not running (drop it).
         async with self.ctx.db.read() as session:
@@ -275,29 +314,12 @@ class FrameHandling(SchedulerBase):
         self._progress_last.pop(ref.task_id, None)
 
     async def _log(self, conn: AgentConnection, frame: v1.Log) -> None:
-        if (frame.task_id, frame.attempt) not in conn.attempts:
-            self._refuse_stale(conn, frame, "stale attempt")
+        if not self._known(conn, frame):
             return
         now = self.ctx.now()
         payload = {"task_id": frame.task_id, "lines": frame.lines[-200:], "timestamp": iso(now)}
-
-        async def job(session: AsyncSession) -> None:
-            seq = await AgentRepos(session).next_event_seq(
-                frame.task_id,
-                frame.attempt,
-                team_id=conn.team_id,
-                agent_id=conn.agent_id,
-                statuses=(
-                    TaskStatus.PENDING.value,
-                    TaskStatus.WAITING.value,
-                    TaskStatus.QUEUED.value,
-                    TaskStatus.RUNNING.value,
-                ),
-            )
-            if seq is not None:
-                await WorkRepos(session).insert_event(frame.task_id, seq, "log", payload, now)
-
-        await self.commits.run(job)
+        # Not written (a stale attempt, or the task ended): dropped without a word.
+        await self._append_event(conn, frame, "log", payload, now, LOG_STATUSES)
 
     # -- results --------------------------------------------------------------------------
 
@@ -318,24 +340,11 @@ class FrameHandling(SchedulerBase):
             )
             if done is None:
                 return False
-            repos = WorkRepos(session)
-            payload = {
-                "task_id": frame.task_id,
-                "status": TaskStatus.COMPLETED.value,
-                "timestamp": iso(now),
-                "output": prepared.task_output,
-            }
-            await repos.insert_event(frame.task_id, done.event_seq, "completed", payload, now)
             await files.attach_outputs(session, frame, prepared)
-            if done.has_webhooks:
-                await repos.webhook_outbox(
-                    done.team_id,
-                    frame.task_id,
-                    TaskStatus.COMPLETED,
-                    prepared.task_output,
-                    None,
-                    now,
-                )
+            output = prepared.task_output
+            await self._record_transition(
+                session, frame, done, TaskStatus.COMPLETED, now, output=output
+            )
             return True
 
         if not await self.commits.run(job) and not await self._complete_slow(conn, frame, prepared):
@@ -351,17 +360,12 @@ class FrameHandling(SchedulerBase):
         now = self.ctx.now()
         async with self.ctx.db.write() as session:
             repos = WorkRepos(session)
-            task = await repos.task_for_update(frame.task_id)
-            if not self._owns(conn, task, frame) or task is None:
-                self._refuse_stale(conn, frame, "stale attempt")
+            task = self._fence(conn, await repos.task_for_update(frame.task_id), frame)
+            if task is None:
                 return False
-            status = TaskStatus(task.task_status)
-            if status is TaskStatus.QUEUED:
+            if task.task_status == TaskStatus.QUEUED.value:
                 # Completed without an ACK: count it as started now.
                 await repos.change_status(task, TaskStatus.RUNNING, now, started_at=now)
-            elif status is not TaskStatus.RUNNING:
-                self._refuse_stale(conn, frame, f"task is {task.task_status}")
-                return False
             await repos.change_status(
                 task,
                 TaskStatus.COMPLETED,
@@ -378,16 +382,11 @@ class FrameHandling(SchedulerBase):
 
     async def _upload_request(self, conn: AgentConnection, frame: v1.UploadRequest) -> None:
         """Upload links for the outputs of the task's current attempt, and no other."""
-        if (frame.task_id, frame.attempt) not in conn.attempts:
-            self._refuse_stale(conn, frame, "stale attempt")
+        if not self._known(conn, frame):
             return
         async with self.ctx.db.read() as session:
             task = await AgentRepos(session).task(frame.task_id)
-        if not self._owns(conn, task, frame) or task is None:
-            self._refuse_stale(conn, frame, "stale attempt")
-            return
-        if task.task_status not in (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value):
-            self._refuse_stale(conn, frame, f"task is {task.task_status}")
+        if self._fence(conn, task, frame) is None:
             return
         conn.send(await files.output_links(self.ctx, frame))
 
@@ -410,21 +409,17 @@ class FrameHandling(SchedulerBase):
         )
 
     async def _attempt_failed(
-        self, conn: AgentConnection | None, ref: v1.AttemptRef, end: AttemptEnd
+        self, conn: AgentConnection, ref: v1.AttemptRef, end: AttemptEnd
     ) -> None:
-        if conn is not None:
-            await self._flush_progress(conn, ref)
-            conn.attempts.pop((ref.task_id, ref.attempt), None)
+        await self._flush_progress(conn, ref)
+        conn.attempts.pop((ref.task_id, ref.attempt), None)
         async with self.ctx.db.write() as session:
             task = await WorkRepos(session).task_for_update(ref.task_id)
-            if task is None or task.attempt != ref.attempt:
-                if conn is not None:
-                    self._refuse_stale(conn, ref, "stale attempt")
-                return
-            if conn is not None and not self._owns(conn, task, ref):
+            if task is None or not self._owns(conn, task, ref):
                 self._refuse_stale(conn, ref, "stale attempt")
                 return
-            if task.task_status not in (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value):
+            # Not _fence: the agent stopped this attempt already; a task that ended needs no Cancel.
+            if task.task_status not in HELD:
                 return
             requeue = await self.end_attempt(session, task, end)
         if requeue:
