@@ -23,6 +23,7 @@ from runyard.gateway.endpoint import router as gateway_router
 from runyard.logging import get_logger
 from runyard.objects.local import OBJECTS_PATH
 from runyard.objects.zerocopy import ZeroCopyMiddleware
+from runyard.observability import LoopMonitor
 from runyard.scheduler.core import Scheduler
 from runyard.services.context import NullNotifier, ServiceContext, build_context
 from runyard.services.retention import RetentionSweeper
@@ -146,6 +147,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
 
         bus.subscribe(WEBHOOK_OUTBOX, wake_deliverer)
         sweeper = RetentionSweeper(service_ctx)
+        loop_monitor = LoopMonitor(settings.server.loop_stall_threshold_seconds)
 
         def messages(info: dict[str, Any]) -> list[tuple[str, str]]:
             # What a write changed, for every replica's streams, deliverers and dispatchers.
@@ -171,6 +173,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         try:
             await bus.start()
             await scheduler.start()
+            loop_monitor.start()
             await deliverer.start()
             await sweeper.start()
             log.info(
@@ -181,6 +184,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             )
             yield
         finally:
+            await loop_monitor.stop()
             if bus.transactional:
                 service_ctx.db.before_commit.remove(announce_in)
             else:

@@ -61,6 +61,8 @@ class ServerSettings(BaseSettings):
     secret_key: SecretStr = SecretStr("")
     #: Largest request body the API accepts (file contents never pass through the API).
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Log ``event_loop_stalled`` when the event loop is blocked this long (0 = don't watch).
+    loop_stall_threshold_seconds: float = Field(default=0.5, ge=0)
 
 
 class AuthSettings(BaseSettings):

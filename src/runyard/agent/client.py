@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from runyard import __version__
 from runyard.agent import transfer
 from runyard.logging import get_logger
+from runyard.observability import LoopMonitor
 from runyard.protocol import v1
 
 GATEWAY_PATH = "/api/v1/agent/ws"
@@ -1041,6 +1042,9 @@ async def run_until_signalled(client: GatewayClient, grace_seconds: float = 30.0
             installed.append(signum)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
             pass
+    # A blocked loop delays heartbeats and lets the server's lease lapse: make it visible.
+    monitor = LoopMonitor()
+    monitor.start()
     try:
         await client.run()
     except AgentReplaced:
@@ -1050,4 +1054,5 @@ async def run_until_signalled(client: GatewayClient, grace_seconds: float = 30.0
             loop.remove_signal_handler(signum)
         if stopping:
             await asyncio.gather(*stopping, return_exceptions=True)
+        await monitor.stop()
     return 0
