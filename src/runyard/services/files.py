@@ -307,6 +307,8 @@ def is_team_input(team_id: str, key: str) -> bool:
 
 async def check_inputs(ctx: ServiceContext, team_id: str, inputs: Mapping[str, Any]) -> None:
     """Every ``file`` parameter names an uploaded, unexpired input of the team."""
+    if not inputs:
+        return  # most runs: no file parameter, no read
     keys = [v for v in inputs.values() if isinstance(v, str)]
     async with ctx.db.read() as session:
         rows = await FileRepos(session).files(keys)

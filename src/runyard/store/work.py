@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.domain.ids import new_id
@@ -26,6 +26,13 @@ from runyard.store.tables import (
 _INSERT_EVENT = insert(cast(Table, TaskEvent.__table__))
 _TASKS = cast(Table, Task.__table__)
 _INSERT_TASK = insert(_TASKS)
+# Built once: every run reads its workflow's head, and building the statement cost more
+# Python than executing it.
+_HEAD = select(Workflow.id, Workflow.version, Workflow.workflow_status).where(
+    Workflow.team_id == bindparam("team_id")
+)
+_HEAD_BY_ID = _HEAD.where(Workflow.id == bindparam("key"))
+_HEAD_BY_SLUG = _HEAD.where(Workflow.workflow_slug == bindparam("key"))
 
 
 class WorkRepos:
@@ -56,14 +63,10 @@ class WorkRepos:
         self, team_id: str, *, workflow_id: str | None = None, slug: str | None = None
     ) -> tuple[str, int, str] | None:
         """(id, live version, status) of a team's workflow, without its graph."""
-        query = select(Workflow.id, Workflow.version, Workflow.workflow_status).where(
-            Workflow.team_id == team_id
+        query, key = (
+            (_HEAD_BY_ID, workflow_id) if workflow_id is not None else (_HEAD_BY_SLUG, slug)
         )
-        if workflow_id is not None:
-            query = query.where(Workflow.id == workflow_id)
-        else:
-            query = query.where(Workflow.workflow_slug == slug)
-        row = (await self.session.execute(query)).first()
+        row = (await self.session.execute(query, {"team_id": team_id, "key": key})).first()
         return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
 
     async def workflows(
