@@ -27,8 +27,11 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     parts: list[str] = []
     for error in exc.errors()[:5]:
         kind = error.get("type", "")
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
-        where = ".".join(loc)
+        loc = [p for p in error.get("loc", ()) if p != "body"]
+        # ``runs[1].priority``: list indexes as a reader writes them.
+        where = "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" if i else str(p) for i, p in enumerate(loc)
+        )
         if kind == "json_invalid":
             parts.append("malformed JSON body")
             continue
