@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -200,6 +201,17 @@ async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
     return await run_slug(client, team.runtime, slug)
 
 
+async def run_batch(client: httpx.AsyncClient, team: Team, slug: str, count: int) -> list[str]:
+    """``count`` runs in one request (``POST …/runs``)."""
+    response = await client.post(
+        f"/r/workflows/slug/{slug}/runs", headers=team.runtime, json={"runs": [{}] * count}
+    )
+    if response.status_code != 202:
+        raise RuntimeError(f"runs refused: {response.status_code} {response.text}")
+    task_ids: list[str] = response.json()["task_ids"]
+    return task_ids
+
+
 async def count_tasks(
     client: httpx.AsyncClient, team: Team, status: str, workflow_id: str | None = None
 ) -> int:
@@ -307,7 +319,9 @@ async def measure_throughput(
     server: ServerProcess,
     plan: Plan,
     profile: Path | None = None,
+    batch: int = 1,
 ) -> Throughput:
+    """``batch`` > 1: each submit is one ``POST …/runs`` of up to ``batch`` runs."""
     tally = Tally()
     agents = [
         BenchAgent(server.ws_url, team.agent_key, f"bench-{n:02d}", tally)
@@ -321,12 +335,18 @@ async def measure_throughput(
 
     async def submitter() -> None:
         for _ in todo:
+            # This one, and up to batch - 1 more.
+            count = 1 + len(list(itertools.islice(todo, batch - 1)))
             try:
-                await run_task(client, team, "bench-throughput")
+                if batch == 1:
+                    await run_task(client, team, "bench-throughput")
+                else:
+                    await run_batch(client, team, "bench-throughput", count)
             except (RuntimeError, httpx.HTTPError) as exc:
-                refused.append(f"{type(exc).__name__}: {exc}"[:160])
+                refused.extend([f"{type(exc).__name__}: {exc}"[:160]] * count)
 
     profiler: subprocess.Popen[bytes] | None = None
+    done_before = await count_tasks(client, team, "completed", workflow_id)
     try:
         await asyncio.sleep(0.5)  # all agents registered and idle
         if profile is not None and server.proc is not None:
@@ -339,7 +359,8 @@ async def measure_throughput(
         await asyncio.wait_for(tally.reached.wait(), 600)
 
         async def all_completed() -> bool:
-            return await count_tasks(client, team, "completed", workflow_id) >= tally.target
+            done = await count_tasks(client, team, "completed", workflow_id)
+            return done - done_before >= tally.target
 
         await wait_for(all_completed, 120, "completions", pause=0.005)
         finished = time.perf_counter()
@@ -414,6 +435,7 @@ def report(
     db_version: str,
     idle: Latency,
     flow: Throughput,
+    batched: Throughput | None,
     control: Latency,
     backlog: Latency,
     probes: Probes,
@@ -470,6 +492,29 @@ def report(
             "",
         ),
         ("    server CPU per lifecycle", f"{flow.server_cpu / flow.rate * 1000:.1f} ms", "", ""),
+    ]
+    if batched is not None:
+        rows += [
+            (
+                f"    the same, {args.batch} runs per request",
+                f"{batched.rate:.0f} /s",
+                "≥ 500 /s",
+                verdict(batched.rate >= 500),
+            ),
+            (
+                "    … refused; server / bench CPU (cores)",
+                f"{len(batched.refused)}; {batched.server_cpu:.2f} / {batched.client_cpu:.2f}",
+                "",
+                "",
+            ),
+            (
+                "    … server CPU per lifecycle",
+                f"{batched.server_cpu / batched.rate * 1000:.1f} ms",
+                "",
+                "",
+            ),
+        ]
+    rows += [
         (
             "(3) control: p50 / p99 after a restart",
             f"{control.p50:.2f} / {control.p99:.2f} ms",
@@ -554,6 +599,13 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             say(f"2/3 throughput: {plan.throughput_tasks} tasks, {plan.throughput_agents} agents")
             flow = await measure_throughput(client, team, server, plan, args.profile)
             say(f"    {flow.rate:.0f} lifecycles/s")
+            batched: Throughput | None = None
+            if args.batch > 1:
+                say(f"    again, {args.batch} runs per request")
+                batched = await measure_throughput(
+                    client, team, server, plan, args.profile_batch, batch=args.batch
+                )
+                say(f"    {batched.rate:.0f} lifecycles/s")
 
         # Control for (3): the same history and a restart, without the backlog.
         say("3/3 restarting the server: latency again without a backlog (control)")
@@ -613,6 +665,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             db_version,
             idle,
             flow,
+            batched,
             control,
             backlog,
             probes,
@@ -657,6 +710,19 @@ def main() -> int:
         type=Path,
         metavar="FILE",
         help="record the server with py-spy during the throughput run (collapsed stacks)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=50,
+        metavar="N",
+        help="(2) again with N runs per request (POST …/runs; default 50, 1 to skip)",
+    )
+    parser.add_argument(
+        "--profile-batch",
+        type=Path,
+        metavar="FILE",
+        help="record the server with py-spy during the batched throughput run",
     )
     parser.add_argument(
         "--profile-latency",

@@ -107,6 +107,9 @@ def test_run_wait_json_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
         (["run", "sim", "-p", "novalue"], {}, 2, "use -p key=value"),
         (["run", "no-such-slug", "--wait"], {}, 1, "workflow not found"),
         (["run", "sim", "-p", "nope=1"], {}, 1, "nope"),
+        (["run", "sim", "--count", "2", "-p", "nope=1"], {}, 1, "runs[0]: "),
+        (["run", "sim", "--count", "3", "--wait"], {}, 2, "follow one run, not --count 3"),
+        (["run", "sim", "--count", "2", "--idempotency-key", "k"], {}, 2, "is for one run"),
         (["tasks", "show", "not-a-uuid"], {}, 1, "taskId"),
         (["agents", "list", "--api-key", "sk-wrong"], {}, 1, "invalid credential"),
         (["agents", "list"], {"RUNYARD_SERVER_URL": "http://127.0.0.1:9"}, 1, "cannot reach"),
@@ -129,6 +132,24 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     )
     assert result.exit_code == code, result.output
     one_error_line(result.stderr, message)
+
+
+def test_run_count_submits_several_runs_at_once(stack: Stack, env: dict[str, str]) -> None:
+    as_json = invoke(env, "run", "sim", "-p", "simulate_seconds=0", "--count", "3", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    task_ids = json.loads(as_json.stdout)["task_ids"]
+    assert len(set(task_ids)) == 3
+    with stack.client() as client:
+        for task_id in task_ids:
+            assert client.wait(task_id, timeout=30).ok
+
+    plain = invoke(env, "run", "sim", "-p", "simulate_seconds=0", "--count", "2")
+    assert plain.exit_code == 0, plain.output
+    lines = plain.stdout.split()
+    assert len(lines) == 2 and all(len(line) == 36 for line in lines)
+
+    none = invoke(env, "run", "sim", "--count", "0")
+    assert none.exit_code == 2 and "--count" in none.output
 
 
 def test_login_stores_a_device_key_used_by_later_commands(

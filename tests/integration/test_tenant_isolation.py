@@ -778,6 +778,13 @@ ROUTES: dict[tuple[str, str], Rule] = {
         other_team=404,
         prepare=run_of_a("workflowId", "a_workflow", "a_run_key"),
     ),
+    # Batches take no Idempotency-Key (a 400 for anyone), so none is sent.
+    ("POST", f"{API}/r/workflows/slug/{{workflowSlug}}/runs"): Rule(
+        R, MEMBER, ok=202, other_team=404, prepare=fixed({"runs": [{}, {}]}, workflowSlug="a_slug")
+    ),
+    ("POST", f"{API}/r/workflows/{{workflowId}}/runs"): Rule(
+        R, MEMBER, ok=202, other_team=404, prepare=fixed({"runs": [{}, {}]}, **WF)
+    ),
     ("GET", f"{API}/r/tasks"): Rule(R, prepare=tasks_of_a_workflow),
     ("GET", f"{API}/r/tasks/{{taskId}}"): Rule(R, other_team=404, prepare=fixed(**TASK)),
     ("POST", f"{API}/r/tasks/{{taskId}}/cancel"): Rule(

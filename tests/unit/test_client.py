@@ -343,3 +343,120 @@ def test_async_client_shares_the_core() -> None:
             assert task.task_status == "cancelled" and not task.ok and task.is_done
 
     asyncio.run(scenario())
+
+
+def _batch_server(
+    sent: list[tuple[str, dict[str, Any]]], fail: dict[int, httpx.Response] | None = None
+) -> Handler:
+    """Answers ``…/runs`` with one id per run (``task-<i>`` from its parameters), or the
+    response in ``fail`` for the n-th request (from 0)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append((request.url.path, body))
+        if fail and len(sent) - 1 in fail:
+            return fail[len(sent) - 1]
+        ids = [f"task-{run['parameters']['i']}" for run in body["runs"]]
+        return httpx.Response(202, json={"task_ids": ids})
+
+    return handler
+
+
+def test_run_many_sends_the_runs_in_requests_of_100_and_returns_every_id_in_order() -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+    with _client(_batch_server(sent), api_key="sk-x") as client:
+        ids = client.run_many(
+            "text-to-image@2", [{"i": n} for n in range(250)], priority=5, target_pool="gpu"
+        )
+    assert ids == [f"task-{n}" for n in range(250)]
+    assert [path for path, _ in sent] == ["/api/v1/r/workflows/slug/text-to-image@2/runs"] * 3
+    assert [len(body["runs"]) for _, body in sent] == [100, 100, 50]
+    assert sent[0][1]["runs"][0] == {"parameters": {"i": 0}, "priority": 5, "target_pool": "gpu"}
+    assert sent[2][1]["runs"][-1]["parameters"] == {"i": 249}
+
+
+def test_run_many_by_id_sends_one_request_and_parameters_may_be_empty() -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(202, json={"task_ids": ["a", "b"]})
+
+    with _client(handler, api_key="sk-x") as client:
+        assert client.run_many(TASK_ID, [None, {}]) == ["a", "b"]
+        assert client.run_many(TASK_ID, []) == []  # nothing to send
+    assert sent == [
+        (f"/api/v1/r/workflows/{TASK_ID}/runs", {"runs": [{"parameters": {}}, {"parameters": {}}]})
+    ]
+
+
+def test_run_many_errors_name_the_run_across_requests() -> None:
+    refused = httpx.Response(400, json={"error_message": "runs[3]: steps: must be <= 150"})
+    sent: list[tuple[str, dict[str, Any]]] = []
+    with (
+        _client(_batch_server(sent, {0: refused}), api_key="sk-x") as client,
+        pytest.raises(RunyardError) as first,
+    ):
+        client.run_many("sim", [{"i": n} for n in range(5)])
+    assert (first.value.status, first.value.error_message) == (
+        400,
+        "runs[3]: steps: must be <= 150",
+    )
+
+    sent.clear()
+    with (
+        _client(_batch_server(sent, {1: refused}), api_key="sk-x") as client,
+        pytest.raises(RunyardError) as later,
+    ):
+        client.run_many("sim", [{"i": n} for n in range(150)])
+    assert later.value.status == 400
+    assert later.value.error_message == (
+        "runs[103]: steps: must be <= 150 (the 100 runs before it were submitted)"
+    )
+    assert len(sent) == 2
+
+
+def test_run_many_uploads_a_shared_file_once(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG" + b"x" * 100)
+    presigned: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/r/files/presign"):
+            presigned.append(json.loads(request.content))
+            return httpx.Response(
+                200, json={"file_key": "inputs/photo.png", "upload_url": "/put/photo?sig=1"}
+            )
+        if request.method == "PUT":
+            assert request.content == photo.read_bytes()
+            return httpx.Response(200, headers={"ETag": '"e"'})
+        runs.extend(json.loads(request.content)["runs"])
+        return httpx.Response(202, json={"task_ids": ["a", "b", "c"]})
+
+    with _client(handler, api_key="sk-x") as client:
+        ids = client.run_many("img2img", [{"image": photo, "seed": n} for n in range(3)])
+    assert ids == ["a", "b", "c"] and len(presigned) == 1
+    assert [r["parameters"] for r in runs] == [
+        {"image": "inputs/photo.png", "seed": n} for n in range(3)
+    ]
+
+    with _client(handler, api_key="sk-x") as client, pytest.raises(RunyardError) as missing:
+        client.run_many("img2img", [{"image": photo}, {"image": tmp_path / "nope.png"}])
+    assert missing.value.status == 0 and "cannot upload" in missing.value.error_message
+    assert len(presigned) == 1  # the missing file was found before anything was sent
+
+
+def test_async_run_many_matches_the_sync_client() -> None:
+    import asyncio
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def scenario() -> list[str]:
+        transport = httpx.MockTransport(_batch_server(sent))
+        async with AsyncRunyard(SERVER, api_key="sk-x", transport=transport) as client:
+            return await client.run_many("sim", ({"i": n} for n in range(101)), priority=1)
+
+    assert asyncio.run(scenario()) == [f"task-{n}" for n in range(101)]
+    assert [len(body["runs"]) for _, body in sent] == [100, 1]
+    assert all(run["priority"] == 1 for _, body in sent for run in body["runs"])

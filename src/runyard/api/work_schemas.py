@@ -8,7 +8,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from runyard.api.schemas import PageMeta
-from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
+from runyard.domain.tasks import (
+    MAX_RUNS_PER_REQUEST,
+    DispatchTarget,
+    TargetPool,
+    TaskSource,
+    TaskStatus,
+    ToolType,
+)
 from runyard.domain.workflows import SLUG_PATTERN, ParameterDef, ParamType, WorkflowStatus
 
 
@@ -166,6 +173,23 @@ class RunIn(BaseModel):
 
 class RunAccepted(BaseModel):
     task_id: str
+
+
+class RunsIn(BaseModel):
+    """Several runs of one workflow in one request (a Runyard extension of the contract)."""
+
+    runs: Annotated[
+        list[RunIn],
+        Field(
+            min_length=1,
+            max_length=MAX_RUNS_PER_REQUEST,
+            description=f"1 to {MAX_RUNS_PER_REQUEST} runs; all or none are accepted.",
+        ),
+    ]
+
+
+class RunsAccepted(BaseModel):
+    task_ids: list[str]
 
 
 class TaskOut(BaseModel):

@@ -24,6 +24,7 @@ from rich.progress import (
 
 from runyard.cli.common import (
     JsonOpt,
+    UsageError,
     err,
     out,
     parse_params,
@@ -231,6 +232,15 @@ def run(
         str | None,
         typer.Option("--idempotency-key", help="Submitting again with it gives the same task."),
     ] = None,
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count",
+            min=1,
+            help="Submit this many runs with the same parameters (100 per request); prints "
+            "one task id a line. Not with --wait, --out or --idempotency-key.",
+        ),
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a workflow; prints the task id.
@@ -238,7 +248,21 @@ def run(
     With --wait (or --out) it follows the task with a progress bar, downloads its outputs and
     exits 0 only if it completed.
     """
+    if count > 1 and (wait or out_dir):
+        raise UsageError(
+            f"--wait and --out follow one run, not --count {count}: submit without them and "
+            "follow each id with `runyard tasks watch ID`"
+        )
+    if count > 1 and idempotency_key:
+        raise UsageError("--idempotency-key is for one run; it does not go with --count")
     parameters = parse_params(param)
+    if count > 1:
+        task_ids = _submit_many(client, workflow, parameters, priority, count, as_json)
+        if as_json:
+            print_json({"task_ids": task_ids})
+        else:
+            out.print("\n".join(task_ids), markup=False)
+        return
     task_id = _submit(client, workflow, parameters, priority, idempotency_key, as_json)
     if not (wait or out_dir):
         if as_json:
@@ -275,6 +299,22 @@ def _submit(
             idempotency_key=idempotency_key,
             upload_progress=bars.upload,
         )
+
+
+def _submit_many(
+    client: Runyard,
+    workflow: str,
+    parameters: dict[str, Any],
+    priority: int | None,
+    count: int,
+    quiet: bool,
+) -> list[str]:
+    """``count`` runs of the same parameters (``@FILE`` uploaded once, first)."""
+    runs = [parameters] * count
+    if quiet or not any(isinstance(v, Path) for v in parameters.values()):
+        return client.run_many(workflow, runs, priority=priority)
+    with TransferBars(err) as bars:
+        return client.run_many(workflow, runs, priority=priority, upload_progress=bars.upload)
 
 
 TaskArg = Annotated[str, typer.Argument(help="The task's id.")]

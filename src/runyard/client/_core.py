@@ -48,6 +48,7 @@ from runyard.client.models import (
     Webhook,
     Workflow,
 )
+from runyard.domain.tasks import MAX_RUNS_PER_REQUEST
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -92,6 +93,8 @@ WORKFLOW_GET = _route("GET", "/r/workflows/{workflowId}")
 WORKFLOW_GET_SLUG = _route("GET", "/r/workflows/slug/{workflowSlug}")
 RUN = _route("POST", "/r/workflows/{workflowId}/run")
 RUN_SLUG = _route("POST", "/r/workflows/slug/{workflowSlug}/run")
+RUNS = _route("POST", "/r/workflows/{workflowId}/runs")
+RUNS_SLUG = _route("POST", "/r/workflows/slug/{workflowSlug}/runs")
 TASK_LIST = _route("GET", "/r/tasks")
 TASK_GET = _route("GET", "/r/tasks/{taskId}")
 TASK_CANCEL = _route("POST", "/r/tasks/{taskId}/cancel")
@@ -290,6 +293,23 @@ def get_workflow(ref: str) -> Call[Workflow]:
     return Call(WORKFLOW_GET_SLUG, model(Workflow), path={"workflowSlug": ref})
 
 
+def _workflow_route(ref: str, by_id: Route, by_slug: Route) -> tuple[Route, dict[str, str]]:
+    if is_uuid(ref):
+        return by_id, {"workflowId": ref}
+    return by_slug, {"workflowSlug": ref}
+
+
+def _run_body(
+    parameters: Mapping[str, Any] | None, priority: int | None, target_pool: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"parameters": dict(parameters or {})}
+    if priority is not None:
+        body["priority"] = priority
+    if target_pool is not None:
+        body["target_pool"] = target_pool
+    return body
+
+
 def run(
     ref: str,
     parameters: Mapping[str, Any] | None,
@@ -298,17 +318,67 @@ def run(
     target_pool: str | None = None,
     idempotency_key: str | None = None,
 ) -> Call[str]:
-    body: dict[str, Any] = {"parameters": dict(parameters or {})}
-    if priority is not None:
-        body["priority"] = priority
-    if target_pool is not None:
-        body["target_pool"] = target_pool
+    body = _run_body(parameters, priority, target_pool)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    if is_uuid(ref):
-        route, path = RUN, {"workflowId": ref}
-    else:
-        route, path = RUN_SLUG, {"workflowSlug": ref}
+    route, path = _workflow_route(ref, RUN, RUN_SLUG)
     return Call(route, field_of("task_id"), path=path, json=body, headers=headers)
+
+
+def _task_ids(response: httpx.Response) -> list[str]:
+    ids = _json(response).get("task_ids")
+    if not isinstance(ids, list):
+        raise RunyardError(response.status_code, "the server answered without task_ids")
+    return [str(i) for i in ids]
+
+
+def run_batch(
+    ref: str,
+    parameter_sets: Sequence[Mapping[str, Any] | None],
+    *,
+    priority: int | None = None,
+    target_pool: str | None = None,
+) -> Call[list[str]]:
+    """One ``…/runs`` request (at most ``MAX_RUNS_PER_REQUEST`` runs, all accepted or none)."""
+    body = {"runs": [_run_body(p, priority, target_pool) for p in parameter_sets]}
+    route, path = _workflow_route(ref, RUNS, RUNS_SLUG)
+    return Call(route, _task_ids, path=path, json=body)
+
+
+_RUN_INDEX = re.compile(r"\bruns\[(\d+)\]")
+
+
+def _later_batch_error(exc: RunyardError, start: int) -> RunyardError:
+    """A failed request after the first: the run index counted from the whole list (the
+    server counts from the request), and a note that the runs before it went through."""
+    message = _RUN_INDEX.sub(lambda m: f"runs[{int(m.group(1)) + start}]", exc.error_message)
+    message += f" (the {start} runs before it were submitted)"
+    return RunyardError(exc.status, message, body=exc.body)
+
+
+def runs_flow(
+    ref: str,
+    parameter_sets: Sequence[Mapping[str, Any] | None],
+    *,
+    priority: int | None = None,
+    target_pool: str | None = None,
+    threshold: int,
+) -> Generator[Step, Any, list[str]]:
+    """Upload the runs' files, then submit the runs ``MAX_RUNS_PER_REQUEST`` at a time, in
+    order; returns every task id. Each request is all or nothing, the whole list is not."""
+    resolved = yield from many_parameters_flow(parameter_sets, threshold)
+    ids: list[str] = []
+    for start in range(0, len(resolved), MAX_RUNS_PER_REQUEST):
+        chunk = resolved[start : start + MAX_RUNS_PER_REQUEST]
+        try:
+            chunk_ids: list[str] = yield run_batch(
+                ref, chunk, priority=priority, target_pool=target_pool
+            )
+        except RunyardError as exc:
+            if start == 0:
+                raise
+            raise _later_batch_error(exc, start) from None
+        ids.extend(chunk_ids)
+    return ids
 
 
 def list_tasks(
@@ -1013,11 +1083,27 @@ def parameters_flow(
 ) -> Generator[Step, Any, dict[str, Any]]:
     """Upload every ``Path`` value (each file checked before anything is sent); returns the
     parameters with their file keys in place."""
-    sources = {k: upload_source(v) for k, v in parameters.items() if isinstance(v, os.PathLike)}
-    resolved = dict(parameters)
-    for name, source in sources.items():
-        resolved[name] = yield from upload_flow(source, threshold)
+    (resolved,) = yield from many_parameters_flow([parameters], threshold)
     return resolved
+
+
+def many_parameters_flow(
+    parameter_sets: Sequence[Mapping[str, Any] | None], threshold: int = MULTIPART_THRESHOLD
+) -> Generator[Step, Any, list[dict[str, Any]]]:
+    """``parameters_flow`` for several runs: every file is checked before anything is sent,
+    and a file named by several runs (``run_many`` of one photo) is uploaded once."""
+    sources: dict[str, UploadSource] = {}
+    for parameters in parameter_sets:
+        for value in (parameters or {}).values():
+            if isinstance(value, os.PathLike) and os.fspath(value) not in sources:
+                sources[os.fspath(value)] = upload_source(value)
+    keys: dict[str, str] = {}
+    for name, source in sources.items():
+        keys[name] = yield from upload_flow(source, threshold)
+    return [
+        {k: keys[os.fspath(v)] if isinstance(v, os.PathLike) else v for k, v in p.items()}
+        for p in (dict(p or {}) for p in parameter_sets)
+    ]
 
 
 class UploadCounter:

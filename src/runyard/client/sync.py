@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -371,6 +371,32 @@ class Runyard(_core.ClientBase):
         if not wait:
             return self.get_task(task_id)
         return self.wait(task_id, timeout=timeout, on_event=on_event)
+
+    def run_many(
+        self,
+        workflow: str,
+        parameters_list: Iterable[Mapping[str, Any] | None],
+        *,
+        priority: int | None = None,
+        target_pool: str | None = None,
+        upload_progress: Callable[[UploadProgress], None] | None = None,
+    ) -> list[str]:
+        """Submit one run per item of ``parameters_list`` (``POST …/runs``); returns their task
+        ids in the same order (like ``submit``; ``get_task``/``wait`` each for more).
+
+        Up to 100 runs go in one request, accepted all or none (the error names the first bad
+        run, ``runs[i]: …``). More are sent 100 at a time, in order: then a request that fails
+        leaves the runs of the earlier ones submitted (the error says how many). ``Path``
+        values are uploaded first, each file once. There is no ``idempotency_key`` here.
+        """
+        flow = _core.runs_flow(
+            workflow,
+            list(parameters_list),
+            priority=priority,
+            target_pool=target_pool,
+            threshold=self.multipart_threshold,
+        )
+        return self._drive(flow, progress=upload_progress)
 
     def wait(
         self,

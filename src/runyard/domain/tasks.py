@@ -87,3 +87,7 @@ class TargetPool(StrEnum):
 class ToolType(StrEnum):
     COMFYUI = "comfyui"
     NERFSTUDIO = "nerfstudio"
+
+
+#: Most runs one batch request may submit.
+MAX_RUNS_PER_REQUEST = 100

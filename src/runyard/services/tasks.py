@@ -16,7 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
-from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
+from runyard.domain.tasks import (
+    MAX_RUNS_PER_REQUEST,
+    DispatchTarget,
+    TargetPool,
+    TaskSource,
+    TaskStatus,
+    ToolType,
+)
 from runyard.domain.workflows import (
     ParamType,
     WorkflowStatus,
@@ -67,6 +74,14 @@ def _request_hash(target: str, request: RunRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated run, ready to insert: the task row and the inputs its file parameters name."""
+
+    task: Task
+    file_inputs: dict[str, Any]
+
+
 async def submit(
     ctx: ServiceContext,
     scope: TeamScope,
@@ -86,6 +101,54 @@ async def submit(
             return existing
 
     wf = await _resolve(ctx, scope, workflow_id=workflow_id, ref=ref)
+    run = await _prepare(ctx, scope, wf, request)
+    key = None if idempotency_key is None else (idempotency_key, request_hash)
+    try:
+        await _store(ctx, scope, [run], key)
+    except IntegrityError:
+        # A concurrent submission with the same key won the race: answer as it did.
+        if idempotency_key is None:
+            raise
+        existing = await _idempotent_replay(ctx, scope.team_id, idempotency_key, request_hash)
+        if existing is None:
+            raise
+        return existing
+    return run.task.id
+
+
+async def submit_many(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    requests: Sequence[RunRequest],
+    *,
+    workflow_id: str | None = None,
+    ref: str | None = None,
+) -> list[str]:
+    """Accept several runs of one workflow in one transaction; the task ids, in order.
+
+    All or nothing: one invalid run refuses the batch (its index in the message) and stores
+    nothing. The tasks are submitted together, so the scheduler sees them at once.
+    """
+    scope.require(Permission.RUN)
+    if not requests:
+        raise BadRequest("runs must list at least one run")
+    if len(requests) > MAX_RUNS_PER_REQUEST:
+        raise BadRequest(f"at most {MAX_RUNS_PER_REQUEST} runs per request, not {len(requests)}")
+    wf = await _resolve(ctx, scope, workflow_id=workflow_id, ref=ref)
+    runs: list[_Prepared] = []
+    for index, request in enumerate(requests):
+        try:
+            runs.append(await _prepare(ctx, scope, wf, request))
+        except BadRequest as exc:
+            raise BadRequest(f"runs[{index}]: {exc.message}") from None
+    await _store(ctx, scope, runs, None)
+    return [run.task.id for run in runs]
+
+
+async def _prepare(
+    ctx: ServiceContext, scope: TeamScope, wf: workflows.WorkflowVersion, request: RunRequest
+) -> _Prepared:
+    """Check a run against the workflow and build its task row (nothing stored)."""
     spec = wf.spec
     if spec.workflow_status is WorkflowStatus.DISABLED:
         raise Conflict(f"workflow {spec.workflow_slug!r} is disabled")
@@ -134,50 +197,60 @@ async def submit(
         max_retries=spec.max_retries,
         retry_count=0,
         attempt=0,
-        event_seq=1,  # the ``pending`` event below
+        event_seq=1,  # the ``pending`` event written with it
         created_at=now,
         updated_at=now,
     )
-    try:
-        async with ctx.db.write() as session:
-            repos = WorkRepos(session)
-            await repos.insert_task(task)
-            await files.record_task_inputs(session, task.id, file_inputs)
-            # Its first event: sequence number 1, taken when the row was built.
-            await repos.insert_event(
-                task.id,
-                1,
-                "status",
-                {
-                    "task_id": task.id,
-                    "status": TaskStatus.PENDING.value,
-                    "timestamp": now.isoformat().replace("+00:00", "Z"),
-                },
-                now,
-            )
-            session.info.setdefault(SUBMITTED, []).append(task)
-            if idempotency_key is not None:
-                await repos.delete_expired_idempotency_keys(now)
-                await repos.add(
-                    IdempotencyKey(
-                        team_id=scope.team_id,
-                        key=idempotency_key,
-                        request_hash=request_hash,
-                        task_id=task.id,
-                        created_at=now,
-                        expires_at=now + IDEMPOTENCY_TTL,
-                    )
+    return _Prepared(task, file_inputs)
+
+
+async def _store(
+    ctx: ServiceContext,
+    scope: TeamScope,
+    runs: Sequence[_Prepared],
+    idempotency: tuple[str, str] | None,
+) -> None:
+    """Insert prepared runs, each with its first event, in one transaction; then tell the
+    scheduler. ``idempotency``: (key, request hash) to remember for a single run."""
+    async with ctx.db.write() as session:
+        repos = WorkRepos(session)
+        await repos.insert_tasks([run.task for run in runs])
+        for run in runs:
+            await files.record_task_inputs(session, run.task.id, run.file_inputs)
+        # Each task's first event: sequence number 1, taken when the row was built.
+        await repos.insert_events(
+            [
+                (
+                    run.task.id,
+                    1,
+                    "status",
+                    {
+                        "task_id": run.task.id,
+                        "status": TaskStatus.PENDING.value,
+                        "timestamp": run.task.created_at.isoformat().replace("+00:00", "Z"),
+                    },
+                    run.task.created_at,
                 )
-    except IntegrityError:
-        # A concurrent submission with the same key won the race: answer as it did.
-        if idempotency_key is None:
-            raise
-        existing = await _idempotent_replay(ctx, scope.team_id, idempotency_key, request_hash)
-        if existing is None:
-            raise
-        return existing
-    await ctx.notifier.task_submitted(task.id)
-    return task.id
+                for run in runs
+            ]
+        )
+        session.info.setdefault(SUBMITTED, []).extend(run.task for run in runs)
+        if idempotency is not None:
+            key, request_hash = idempotency
+            now = runs[0].task.created_at
+            await repos.delete_expired_idempotency_keys(now)
+            await repos.add(
+                IdempotencyKey(
+                    team_id=scope.team_id,
+                    key=key,
+                    request_hash=request_hash,
+                    task_id=runs[0].task.id,
+                    created_at=now,
+                    expires_at=now + IDEMPOTENCY_TTL,
+                )
+            )
+    for run in runs:
+        await ctx.notifier.task_submitted(run.task.id)
 
 
 #: Live workflow versions by (id, version): a version's content never changes, so an entry

@@ -119,15 +119,18 @@ class WorkRepos:
         row = await self.session.get(Task, task_id)
         return row if row is not None and row.team_id == team_id else None
 
-    async def insert_task(self, task: Task) -> None:
-        """Insert a new task built in memory (a Core insert: the object stays transient,
-        so nothing is flushed or tracked for it)."""
-        values = {
-            column.key: task.__dict__[column.key]
-            for column in _TASKS.columns
-            if column.key in task.__dict__
-        }
-        await self.session.execute(_INSERT_TASK, values)
+    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
+        """Insert new tasks built in memory (a Core insert, one statement for them all: the
+        objects stay transient, so nothing is flushed or tracked for them)."""
+        rows = [
+            {
+                column.key: task.__dict__[column.key]
+                for column in _TASKS.columns
+                if column.key in task.__dict__  # columns left to their defaults
+            }
+            for task in tasks
+        ]
+        await self.session.execute(_INSERT_TASK, rows)
 
     async def task_for_update(self, task_id: str) -> Task | None:
         """Load a task and lock its row (PostgreSQL) for a status change."""
@@ -265,17 +268,24 @@ class WorkRepos:
         self, task_id: str, seq: int, event_type: str, payload: dict[str, Any], now: datetime
     ) -> None:
         """A task event whose ``seq`` the caller already took (``event_seq + 1 … RETURNING``)."""
-        await self.session.execute(
-            _INSERT_EVENT,
+        await self.insert_events([(task_id, seq, event_type, payload, now)])
+
+    async def insert_events(
+        self, events: Sequence[tuple[str, int, str, dict[str, Any], datetime]]
+    ) -> None:
+        """Task events ``(task_id, seq, event_type, payload, created_at)``, one statement."""
+        rows = [
             {
                 "task_id": task_id,
                 "seq": seq,
                 "event_type": event_type,
                 "payload": payload,
-                "created_at": now,
-            },
-        )
-        self.session.info.setdefault("task_events", set()).add(task_id)
+                "created_at": created_at,
+            }
+            for task_id, seq, event_type, payload, created_at in events
+        ]
+        await self.session.execute(_INSERT_EVENT, rows)
+        self.session.info.setdefault("task_events", set()).update(e[0] for e in events)
 
     async def task_status(self, task_id: str) -> str | None:
         """The task's status, or None when it does not exist (any team)."""

@@ -14,6 +14,8 @@ from runyard.api.schemas import PageMeta, SuccessResponse
 from runyard.api.work_schemas import (
     RunAccepted,
     RunIn,
+    RunsAccepted,
+    RunsIn,
     TaskListResponse,
     TaskOut,
     TaskResult,
@@ -83,6 +85,15 @@ def _run_request(body: RunIn) -> RunRequest:
 
 def _accepted(task_id: str) -> JSONResponse:
     return JSONResponse({"task_id": task_id}, status_code=202)
+
+
+def _no_batch_idempotency(key: str | None) -> None:
+    # Refused rather than ignored: a caller who sends it counts on a retry being safe.
+    if key is not None:
+        raise BadRequest(
+            "Idempotency-Key is not supported with …/runs; submit runs one at a time "
+            "(…/run) to use it"
+        )
 
 
 def _idempotency(key: str | None) -> str | None:
@@ -175,6 +186,46 @@ async def run_by_id(
         idempotency_key=_idempotency(idempotency_key),
     )
     return _accepted(task_id)
+
+
+@router.post(
+    "/workflows/slug/{workflowSlug}/runs",
+    tags=["task"],
+    status_code=202,
+    response_model=RunsAccepted,
+)
+async def runs_by_slug(
+    ctx: Ctx,
+    scope: RuntimeScope,
+    workflowSlug: WorkflowSlug,
+    body: RunsIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Submit up to 100 runs at once: all are accepted or none (the first invalid run's index
+    is in the error); answers 202 with the task ids in the order of ``runs``."""
+    _no_batch_idempotency(idempotency_key)
+    ids = await tasks.submit_many(
+        ctx, scope, [_run_request(r) for r in body.runs], ref=workflowSlug
+    )
+    return JSONResponse({"task_ids": ids}, status_code=202)
+
+
+@router.post(
+    "/workflows/{workflowId}/runs", tags=["task"], status_code=202, response_model=RunsAccepted
+)
+async def runs_by_id(
+    ctx: Ctx,
+    scope: RuntimeScope,
+    workflowId: WorkflowId,
+    body: RunsIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Submit up to 100 runs of the workflow's live version at once (see the slug form)."""
+    _no_batch_idempotency(idempotency_key)
+    ids = await tasks.submit_many(
+        ctx, scope, [_run_request(r) for r in body.runs], workflow_id=str(workflowId)
+    )
+    return JSONResponse({"task_ids": ids}, status_code=202)
 
 
 @router.get("/tasks", tags=["task"], response_model=TaskListResponse)
