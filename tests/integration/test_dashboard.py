@@ -362,6 +362,63 @@ async def test_import_shows_each_error_next_to_its_field_and_runs_check_paramete
     assert task["task_status"] in ("pending", "waiting")
 
 
+async def test_the_run_form_submits_the_same_run_several_times_or_none(
+    client: httpx.AsyncClient, accounts: Accounts, browsers: list[Browser]
+) -> None:
+    owner = await accounts.signup("owner")
+    imported = await owner.request(
+        "POST", "/api/v1/workflows/import", json=image_workflow("foxes", display_name="Foxes")
+    )
+    wf_id = imported.json()["id"]
+    browser = await sign_in(client, owner)
+    browsers.append(browser)
+    run_path = f"/workflows/{wf_id}/run"
+
+    async def task_ids() -> set[str]:
+        listed = await owner.request("GET", "/api/v1/r/tasks", params={"workflow_id": wf_id})
+        return {t["id"] for t in listed.json()["task_list"]}
+
+    form = await browser.get(f"/workflows/{wf_id}")
+    assert '<label for="run-count">Runs</label>' in form.text
+    assert 'name="run_count" min="1" max="100" step="1" value="1"' in form.text
+
+    for count in ("0", "abc", "101", "1.5", "1_0"):
+        refused = await browser.post(run_path, {"p.prompt": "a fox", "run_count": count})
+        assert refused.status_code == 400, count
+        assert field_errors(refused.text) == {
+            "run-count": "Runs must be a whole number from 1 to 100."
+        }
+        assert 'aria-describedby="run-count-hint run-count-error" aria-invalid="true"' in (
+            refused.text
+        )
+    # A bad parameter refuses the whole batch, shown under its field without the run's index.
+    too_many = await browser.post(
+        run_path, {"p.prompt": "a fox", "p.steps": "500", "run_count": "3"}
+    )
+    assert too_many.status_code == 400
+    assert field_errors(too_many.text) == {"steps": "parameter &#39;steps&#39;: must be ≤ 150"}
+    assert await task_ids() == set()
+
+    three = await browser.post(run_path, {"p.prompt": "a fox", "run_count": "3"})
+    assert three.status_code == 303, three.text
+    assert three.headers["location"] == f"/tasks?submitted=3&workflow={wf_id}"
+    batch = await task_ids()
+    assert len(batch) == 3
+    listing = await browser.get(three.headers["location"])
+    assert listing.status_code == 200
+    assert '<p class="notice" role="status">Submitted 3 runs of Foxes.</p>' in listing.text
+    assert "Submitted" not in (await browser.get("/tasks")).text
+    assert (await browser.get("/tasks?submitted=500")).status_code == 400
+    unknown = await browser.get("/tasks?submitted=2&workflow=not-an-id")
+    assert "Submitted 2 runs.</p>" in unknown.text
+
+    once = await browser.post(run_path, {"p.prompt": "a fox"})
+    assert once.status_code == 303
+    task_id = once.headers["location"].removeprefix("/tasks/")
+    assert once.headers["location"] == f"/tasks/{task_id}"
+    assert await task_ids() == batch | {task_id}
+
+
 @dataclass
 class TwoTeams:
     a: Browser

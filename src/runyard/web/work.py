@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from runyard.api.routes.workflows import spec_from
 from runyard.api.work_schemas import WorkflowIn
-from runyard.domain.errors import BadRequest, RunyardError
+from runyard.domain.errors import BadRequest, NotFound, RunyardError
+from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission
-from runyard.domain.tasks import TaskStatus, ToolType
+from runyard.domain.tasks import MAX_RUNS_PER_REQUEST, TaskStatus, ToolType
 from runyard.domain.workflows import (
     ParameterDef,
     ParamType,
@@ -34,6 +35,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 PER_PAGE = 50
 IMPORT_FIELDS = ("workflow_slug", "display_name", "description", "workflow_json", "parameters")
 _QUOTED = re.compile(r"'([^']+)'")
+_RUN_INDEX = re.compile(r"^runs\[\d+\]: ")
+_DIGITS = re.compile(r"[0-9]{1,3}")
 
 
 def _page_number(value: int) -> Page:
@@ -160,6 +163,7 @@ async def _workflow_page(
     values: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
     form_error: str | None = None,
+    count_error: str | None = None,
     notice: str | None = None,
 ) -> Response:
     snaps, _ = await workflows.list_snapshots(who.ctx, who.scope, wf.id, Page(1, 100))
@@ -174,6 +178,8 @@ async def _workflow_page(
         values=values or {},
         errors=errors or {},
         form_error=form_error,
+        count_error=count_error,
+        max_runs=MAX_RUNS_PER_REQUEST,
         notice=notice,
         title=wf.spec.display_name,
     )
@@ -228,6 +234,18 @@ def _field_of(message: str, keys: set[str]) -> str | None:
     return None
 
 
+def _run_count(form: dict[str, str]) -> int | None:
+    """How many times to submit the run (empty: once); None when not a whole number in range."""
+    raw = form.get("run_count", "").strip()
+    if raw == "":
+        return 1
+    # A regex, not int(): int() also takes "1_0", "+5" and other digits than 0-9.
+    if not _DIGITS.fullmatch(raw):
+        return None
+    count = int(raw)
+    return count if 1 <= count <= MAX_RUNS_PER_REQUEST else None
+
+
 @router.post("/workflows/{workflow_id}/run")
 async def run_submit(request: Request, workflow_id: str) -> Response:
     who = await viewer(request)
@@ -244,29 +262,50 @@ async def run_submit(request: Request, workflow_id: str) -> Response:
             continue
         if given:
             parameters[d.key] = value
+    count = _run_count(form)
+    count_error = None
+    if count is None:
+        count_error = f"Runs must be a whole number from 1 to {MAX_RUNS_PER_REQUEST}."
     form_error = None
-    if not errors:
+    if not errors and count is not None:
         try:
             priority = int(form.get("priority") or 0)
         except ValueError:
             priority = 0
+        priority = max(-100, min(100, priority))
         try:
-            task_id = await tasks.submit(
+            if count == 1:
+                task_id = await tasks.submit(
+                    who.ctx,
+                    who.scope,
+                    RunRequest(parameters=parameters, priority=priority),
+                    workflow_id=wf.id,
+                )
+                return redirect(f"/tasks/{task_id}")
+            await tasks.submit_many(
                 who.ctx,
                 who.scope,
-                RunRequest(parameters=parameters, priority=max(-100, min(100, priority))),
+                [RunRequest(parameters=dict(parameters), priority=priority) for _ in range(count)],
                 workflow_id=wf.id,
             )
         except RunyardError as exc:
-            field = _field_of(exc.message, keys)
+            # Every run is the same, so the first one's message (without its index) says it all.
+            message = _RUN_INDEX.sub("", exc.message)
+            field = _field_of(message, keys)
             if field is not None and exc.status_code == 400:
-                errors[field] = exc.message
+                errors[field] = message
             else:
-                form_error = exc.message
+                form_error = message
         else:
-            return redirect(f"/tasks/{task_id}")
+            return redirect("/tasks", submitted=str(count), workflow=wf.id)
     return await _workflow_page(
-        who, wf, status=400, values=form, errors=errors, form_error=form_error
+        who,
+        wf,
+        status=400,
+        values=form,
+        errors=errors,
+        form_error=form_error,
+        count_error=count_error,
     )
 
 
@@ -304,11 +343,26 @@ async def snapshot_restore(request: Request, workflow_id: str, snapshot_id: str)
 # -- tasks ---------------------------------------------------------------------------------------
 
 
+async def _workflow_name(who: Viewer, workflow: str | None, names: dict[str, str]) -> str | None:
+    """The display name of one of the team's workflows (None for an id of no such workflow)."""
+    wf_id = parse_id(workflow) if workflow else None
+    if wf_id is None:
+        return None
+    if wf_id in names:
+        return names[wf_id]
+    try:  # not among the first page of workflows
+        return (await workflows.get_workflow(who.ctx, who.scope, wf_id)).spec.display_name
+    except NotFound:
+        return None
+
+
 @router.get("/tasks")
 async def task_list(
     request: Request,
     status: Annotated[str, Query(max_length=20)] = "",
     page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+    submitted: Annotated[int | None, Query(ge=1, le=MAX_RUNS_PER_REQUEST)] = None,
+    workflow: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Response:
     who = await viewer(request)
     wanted: TaskStatus | None = None
@@ -322,10 +376,16 @@ async def task_list(
     wf_rows, _ = await workflows.list_workflows(who.ctx, who.scope, Page(1, 100))
     for wf in wf_rows:
         names[wf.id] = wf.spec.display_name
+    notice = None
+    if submitted is not None:
+        runs = "1 run" if submitted == 1 else f"{submitted} runs"
+        name = await _workflow_name(who, workflow, names)
+        notice = f"Submitted {runs} of {name}." if name else f"Submitted {runs}."
     return page(
         "tasks.html",
         who,
         nav="tasks",
+        notice=notice,
         tasks=rows,
         total=total,
         status_filter=status,
