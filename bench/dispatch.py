@@ -22,45 +22,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    DEFAULT_PG_URL,
+    ProtocolAgent,
     ServerProcess,
-    create_key,
-    create_pg_database,
-    drop_pg_database,
-    import_workflow,
+    Team,
+    add_database_options,
     machine,
     own_cpu,
     percentile,
-    register_owner,
+    run_task,
     say,
+    served,
     server_env,
+    setup_team,
     wait_for,
+    work_folder,
 )
-from _common import run_task as run_slug
 
 #: Label sets of the unmatched backlog: the agents have ``gpu`` only.
 UNMATCHED_LABEL_SETS = 10
+#: The team's workflows (slug → required labels).
+WORKFLOWS = {
+    "bench-latency": ["gpu"],
+    "bench-throughput": ["gpu"],
+    **{f"bench-unmatched-{n}": ["gpu", f"unobtainium-{n}"] for n in range(UNMATCHED_LABEL_SETS)},
+}
 
 
 @dataclass(frozen=True)
@@ -99,106 +99,14 @@ class Tally:
             self.reached.set()
 
 
-class BenchAgent:
-    """Speaks protocol v1 frame by frame (raw JSON): ``ack`` and ``complete`` every dispatch
-    at once, heartbeat every interval, and note when each dispatch frame arrived."""
-
-    def __init__(self, ws_url: str, key: str, agent_id: str, tally: Tally) -> None:
-        self.ws_url = ws_url
-        self.key = key
-        self.agent_id = agent_id
-        self.tally = tally
-        self.arrivals: dict[str, float] = {}
-        self.running: set[tuple[str, int]] = set()
-        self._arrived = asyncio.Event()
-        self._ws: ClientConnection | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        ws = await connect(self.ws_url, additional_headers={"Authorization": f"Bearer {self.key}"})
-        hello = {"type": "hello", "protocol": 1, "agent_id": self.agent_id, "labels": ["gpu"]}
-        hello |= {"capacity": 1, "pools": ["team"], "agent_version": "bench", "status": "idle"}
-        await ws.send(json.dumps(hello))
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if welcome.get("type") != "welcome":
-            raise RuntimeError(f"expected welcome, got {welcome}")
-        self._ws = ws
-        self._tasks = [
-            asyncio.create_task(self._read(ws)),
-            asyncio.create_task(self._beat(ws, float(welcome["heartbeat_interval"]))),
-        ]
-
-    async def _read(self, ws: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in ws:
-                arrived = time.perf_counter()
-                frame = json.loads(raw)
-                if frame["type"] != "dispatch":
-                    continue
-                task_id, attempt = frame["task_id"], frame["attempt"]
-                self.arrivals[task_id] = arrived
-                self._arrived.set()
-                ref = {"task_id": task_id, "attempt": attempt}
-                self.running.add((task_id, attempt))
-                await ws.send(json.dumps({"type": "ack", **ref}))
-                self.running.discard((task_id, attempt))
-                await ws.send(json.dumps({"type": "complete", **ref, "output": {}}))
-                self.tally.add()
-
-    async def _beat(self, ws: ClientConnection, interval: float) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await asyncio.sleep(interval)
-                running = [{"task_id": t, "attempt": a} for t, a in self.running]
-                await ws.send(json.dumps({"type": "heartbeat", "running": running}))
-
-    async def dispatched(self, task_id: str, timeout: float = 30.0) -> float:
-        """When the dispatch frame of this task arrived (``perf_counter`` seconds)."""
-        async with asyncio.timeout(timeout):
-            while task_id not in self.arrivals:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.arrivals.pop(task_id)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
+def bench_agent(server: ServerProcess, team: Team, agent_id: str, tally: Tally) -> ProtocolAgent:
+    """Capacity 1, label ``gpu``: ``ack`` and ``complete`` every dispatch at once."""
+    return ProtocolAgent(
+        server.ws_url, team.agent_key, agent_id, ["gpu"], 1, pools=["team"], on_complete=tally.add
+    )
 
 
 # -- the team, over HTTP -----------------------------------------------------------------------
-
-
-@dataclass
-class Team:
-    team_id: str
-    owner: dict[str, str]
-    runtime: dict[str, str]
-    agent_key: str
-    integration_key_id: str
-    workflows: dict[str, str] = field(default_factory=dict)
-
-
-async def setup_team(client: httpx.AsyncClient) -> Team:
-    team_id, owner = await register_owner(client)
-    sk = await create_key(client, owner, "integration")
-    ak = await create_key(client, owner, "agent")
-    team = Team(
-        team_id, owner, {"Authorization": f"Bearer {sk['raw_key']}"}, ak["raw_key"], sk["id"]
-    )
-    specs = {"bench-latency": ["gpu"], "bench-throughput": ["gpu"]}
-    for n in range(UNMATCHED_LABEL_SETS):
-        specs[f"bench-unmatched-{n}"] = ["gpu", f"unobtainium-{n}"]
-    for slug, labels in specs.items():
-        team.workflows[slug] = await import_workflow(client, owner, slug, labels)
-    return team
-
-
-async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
-    return await run_slug(client, team.runtime, slug)
 
 
 async def run_batch(client: httpx.AsyncClient, team: Team, slug: str, count: int) -> list[str]:
@@ -254,7 +162,7 @@ async def measure_latency(
     profile: Path | None = None,
 ) -> Latency:
     """One idle agent; one task at a time; the agent is idle again before the next submit."""
-    agent = BenchAgent(server.ws_url, team.agent_key, "bench-latency", Tally())
+    agent = bench_agent(server, team, "bench-latency", Tally())
     await agent.start()
     profiler: subprocess.Popen[bytes] | None = None
     if profile is not None and server.proc is not None:
@@ -324,8 +232,7 @@ async def measure_throughput(
     """``batch`` > 1: each submit is one ``POST …/runs`` of up to ``batch`` runs."""
     tally = Tally()
     agents = [
-        BenchAgent(server.ws_url, team.agent_key, f"bench-{n:02d}", tally)
-        for n in range(plan.throughput_agents)
+        bench_agent(server, team, f"bench-{n:02d}", tally) for n in range(plan.throughput_agents)
     ]
     for agent in agents:
         await agent.start()
@@ -569,26 +476,17 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     load_at_start = os.getloadavg()[0]
     if load_at_start > 0.5:
         say(f"warning: load average {load_at_start:.2f}: other work will skew the figures")
-    pg_name = ""
-    if args.db == "postgresql":
-        pg_name, db_url, db_version = await create_pg_database(args.pg_url)
-        say(f"created database {pg_name}")
-    else:
-        db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
-        db_version = sqlite3.sqlite_version
     extra = {"RUNYARD_DATABASE_SQLITE_DRIVER": args.sqlite_driver} if args.db == "sqlite" else {}
-    server = ServerProcess(
-        db_url, workdir / "data", server_env(args.db, args.sqlite_synchronous, **extra)
-    )
-    try:
-        server.start()
+    env = server_env(args.db, args.sqlite_synchronous, **extra)
+    async with served(args, workdir, env) as run:
+        server, db_url, db_version = run.server, run.db_url, run.db_version
         say(f"server up at {server.url} (pid {server.proc.pid if server.proc else '?'})")
         async with httpx.AsyncClient(
             base_url=server.url + "/api/v1",
             timeout=60,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         ) as client:
-            team = await setup_team(client)
+            team = await setup_team(client, WORKFLOWS)
 
             say(f"1/3 latency with one idle agent, {plan.latency_samples} samples")
             idle = await measure_latency(
@@ -650,14 +548,6 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
             say(f"    p50 {backlog.p50:.2f} ms, p99 {backlog.p99:.2f} ms")
             if await count_tasks(client, team, "waiting") < plan.backlog + probes.accepted:
                 say("warning: some unmatched tasks left 'waiting' during the run")
-    except BaseException:
-        say(f"server log tail:\n{server.log_tail()}")
-        raise
-    finally:
-        server.stop()
-        if pg_name:
-            await drop_pg_database(args.pg_url, pg_name)
-            say(f"dropped database {pg_name}")
     print(
         report(
             args,
@@ -678,19 +568,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument(
-        "--pg-url",
-        default=DEFAULT_PG_URL,
-        help="an existing PostgreSQL database to connect to; the benchmark creates (and drops) "
-        "its own database next to it",
-    )
-    parser.add_argument(
-        "--sqlite-synchronous",
-        choices=("FULL", "NORMAL"),
-        default="FULL",
-        help="RUNYARD_DATABASE_SQLITE_SYNCHRONOUS for the server (default: the server's FULL)",
-    )
+    add_database_options(parser)
     parser.add_argument(
         "--sqlite-driver",
         choices=("inline", "aiosqlite"),
@@ -730,16 +608,9 @@ def main() -> int:
         metavar="FILE",
         help="record the server with py-spy (--gil) during (1) into FILE (collapsed stacks)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="runyard-bench-"))
-    try:
+    with work_folder("runyard-bench-", args.keep) as workdir:
         return asyncio.run(bench(args, workdir))
-    finally:
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

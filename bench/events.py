@@ -28,10 +28,7 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
-import sqlite3
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,26 +36,25 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# Shared with the dispatch benchmark: the server process, databases, the team, the machine.
+# Shared with the dispatch benchmark: the server process, databases, the team, the agent, the
+# machine.
 from _common import (
-    DEFAULT_PG_URL,
+    ProtocolAgent,
     ServerProcess,
-    create_key,
-    create_pg_database,
-    drop_pg_database,
-    import_workflow,
+    Team,
+    add_database_options,
     machine,
     own_cpu,
     percentile,
-    register_owner,
+    run_task,
     say,
+    served,
+    setup_team,
     wait_for,
+    work_folder,
 )
-from _common import run_task as run_slug
 from _common import server_env as base_env
 
 TERMINAL = (b"completed", b"failed", b"cancelled")
@@ -186,61 +182,11 @@ class Watcher:
 # -- protocol-level agents ---------------------------------------------------------------------
 
 
-class Agent:
-    """Acks every dispatch; holds it (events agents) or completes it at once (the probe)."""
-
-    def __init__(self, ws_url: str, key: str, agent_id: str, labels: list[str], capacity: int):
-        self.ws_url = ws_url
-        self.key = key
-        self.agent_id = agent_id
-        self.labels = labels
-        self.capacity = capacity
-        self.hold = True
-        self.running: dict[str, int] = {}
-        self.arrivals: dict[str, float] = {}
-        self._arrived = asyncio.Event()
-        self._ws: ClientConnection | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        ws = await connect(self.ws_url, additional_headers={"Authorization": f"Bearer {self.key}"})
-        hello = {"type": "hello", "protocol": 1, "agent_id": self.agent_id, "labels": self.labels}
-        hello |= {"capacity": self.capacity, "agent_version": "bench", "status": "idle"}
-        await ws.send(json.dumps(hello))
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if welcome.get("type") != "welcome":
-            raise RuntimeError(f"expected welcome, got {welcome}")
-        self._ws = ws
-        self._tasks = [
-            asyncio.create_task(self._read(ws)),
-            asyncio.create_task(self._beat(ws, float(welcome["heartbeat_interval"]))),
-        ]
-
-    async def _read(self, ws: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in ws:
-                arrived = time.perf_counter()
-                frame = json.loads(raw)
-                if frame["type"] != "dispatch":
-                    continue
-                ref = {"task_id": frame["task_id"], "attempt": frame["attempt"]}
-                self.arrivals[frame["task_id"]] = arrived
-                self._arrived.set()
-                await ws.send(json.dumps({"type": "ack", **ref}))
-                if self.hold:
-                    self.running[frame["task_id"]] = frame["attempt"]
-                else:
-                    await ws.send(json.dumps({"type": "complete", **ref, "output": {}}))
-
-    async def _beat(self, ws: ClientConnection, interval: float) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await asyncio.sleep(interval)
-                running = [{"task_id": t, "attempt": a} for t, a in self.running.items()]
-                await ws.send(json.dumps({"type": "heartbeat", "running": running}))
+class Agent(ProtocolAgent):
+    """Holds every dispatch (the watched tasks) and sends progress frames for it on demand;
+    the probe agent completes at once instead (``hold=False``)."""
 
     async def progress(self, task_id: str, step: int) -> None:
-        assert self._ws is not None
         frame = {
             "type": "progress",
             "task_id": task_id,
@@ -249,53 +195,18 @@ class Agent:
             "step_current": step,
             "message": repr(time.time()),
         }
-        await self._ws.send(json.dumps(frame))
+        await self.send(frame)
 
     async def complete_all(self) -> None:
-        assert self._ws is not None
         for task_id, attempt in list(self.running.items()):
             frame = {"type": "complete", "task_id": task_id, "attempt": attempt, "output": {}}
-            await self._ws.send(json.dumps(frame))
+            await self.send(frame)
             del self.running[task_id]
 
-    async def dispatched(self, task_id: str, timeout: float = 30.0) -> float:
-        async with asyncio.timeout(timeout):
-            while task_id not in self.arrivals:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.arrivals.pop(task_id)
 
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-
-
-# -- the team, over HTTP -----------------------------------------------------------------------
-
-
-@dataclass
-class Team:
-    owner: dict[str, str]
-    runtime: dict[str, str]
-    agent_key: str
-
-
-async def setup_team(client: httpx.AsyncClient) -> Team:
-    _, owner = await register_owner(client)
-    sk = await create_key(client, owner, "integration")
-    ak = await create_key(client, owner, "agent")
-    # Separate labels: the probe agent never gets a watched task, nor the reverse.
-    for slug, labels in (("bench-events", ["events"]), ("bench-probe", ["probe"])):
-        await import_workflow(client, owner, slug, labels)
-    return Team(owner, {"Authorization": f"Bearer {sk['raw_key']}"}, ak["raw_key"])
-
-
-async def run_task(client: httpx.AsyncClient, team: Team, slug: str) -> str:
-    return await run_slug(client, team.runtime, slug)
+#: The team's workflows. Separate labels: the probe agent never gets a watched task, nor the
+#: reverse.
+WORKFLOWS = {"bench-events": ["events"], "bench-probe": ["probe"]}
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -387,7 +298,14 @@ async def scenario(
     agents_needed = min(plan.agents, tasks)
     per_agent = -(-tasks // agents_needed)
     agents = [
-        Agent(server.ws_url, team.agent_key, f"{name[0].lower()}-{n}", ["events"], per_agent)
+        Agent(
+            server.ws_url,
+            team.agent_key,
+            f"{name[0].lower()}-{n}",
+            ["events"],
+            per_agent,
+            hold=True,
+        )
         for n in range(agents_needed)
     ]
     for agent in agents:
@@ -579,22 +497,13 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096 <= hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
-    pg_name = ""
-    if args.db == "postgresql":
-        pg_name, db_url, db_version = await create_pg_database(args.pg_url)
-        say(f"created database {pg_name}")
-    else:
-        db_url = f"sqlite:///{workdir / 'data' / 'runyard.db'}"
-        db_version = sqlite3.sqlite_version
-    server = ServerProcess(db_url, workdir / "data", server_env(args))
     runs: list[Scenario] = []
-    try:
-        server.start()
+    async with served(args, workdir, server_env(args)) as run:
+        server, db_version = run.server, run.db_version
         say(f"server up at {server.url}")
         async with httpx.AsyncClient(base_url=server.url + "/api/v1", timeout=60) as client:
-            team = await setup_team(client)
+            team = await setup_team(client, WORKFLOWS)
             probe = Agent(server.ws_url, team.agent_key, "probe", ["probe"], 1)
-            probe.hold = False
             await probe.start()
             await run_task(client, team, "bench-probe")  # warm up
             await asyncio.sleep(0.5)
@@ -634,27 +543,13 @@ async def bench(args: argparse.Namespace, workdir: Path) -> int:
                     )
                 )
             await probe.close()
-    except BaseException:
-        say(f"server log tail:\n{server.log_tail()}")
-        raise
-    finally:
-        server.stop()
-        if pg_name:
-            await drop_pg_database(args.pg_url, pg_name)
-            say(f"dropped database {pg_name}")
     print(report(args, plan, db_version, load, base, runs))
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument(
-        "--pg-url",
-        default=DEFAULT_PG_URL,
-        help="an existing PostgreSQL database; the benchmark creates (and drops) its own beside it",
-    )
-    parser.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    add_database_options(parser)
     parser.add_argument("--scenario", choices=("all", "spread", "single"), default="all")
     parser.add_argument("--rate-spread", type=float, help="frames/s over the tasks of A (200)")
     parser.add_argument("--rate-single", type=float, help="frames/s of the one task of B (10)")
@@ -662,20 +557,13 @@ def main() -> int:
     parser.add_argument("--watchers", type=int, help="watchers per task of A (10)")
     parser.add_argument("--seconds", type=float, help="how long events are driven (10; 4 quick)")
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer samples")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="runyard-bench-events-"))
-    try:
+    with work_folder("runyard-bench-events-", args.keep) as workdir:
         try:
             import uvloop  # the client's own overhead is part of every latency figure
         except ImportError:
             return asyncio.run(bench(args, workdir))
         return uvloop.run(bench(args, workdir))
-    finally:
-        if args.keep:
-            say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
