@@ -106,12 +106,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture
-def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database for this test."""
+def database_url(request: pytest.FixtureRequest, backend: str, workdir: Path) -> str:
+    """A migrated, empty database of ``backend`` (a SQLite file goes in ``workdir``); also
+    used by module-scoped fixtures, which cannot use ``db_url``."""
     if backend == "sqlite":
         template: Path = request.getfixturevalue("migrated_sqlite")
-        target = tmp_path / "runyard.db"
+        target = workdir / "runyard.db"
         shutil.copyfile(template, target)
         return f"sqlite:///{target}"
     url: str = request.getfixturevalue("migrated_postgres")
@@ -120,6 +120,12 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     )
     asyncio.run(_pg_execute(url, f"TRUNCATE {tables} CASCADE"))
     return url
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database for this test."""
+    return database_url(request, backend, tmp_path)
 
 
 def test_settings(tmp_path: Path, db_url: str) -> Settings:

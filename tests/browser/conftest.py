@@ -12,8 +12,6 @@ SQLite run only. Every page a journey shows goes through ``assert_accessible``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,12 +22,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from runyard.agent.client import GatewayClient
-from runyard.agent.comfyui import ComfyUIRunner
 from runyard.config import Settings
 from tests.fakes.comfyui import FakeComfyUI
 from tests.integration.conftest import PASSWORD
-from tests.integration.live import LiveServer, api, fast, live_server
+from tests.integration.live import LiveServer, api, comfyui_agent_on, fast, live_server
 
 CHROMIUM = os.environ.get("RUNYARD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -107,39 +103,15 @@ async def stack(settings: Settings, chromium: str) -> AsyncIterator[Stack]:
         server.ctx.settings.server.public_url = server.url
         async with api(server) as client, FakeComfyUI(step_delay=0.25, steps_override=12) as comfy:
             team_id, owner, agent_key = await _owner(client)
-            runner = ComfyUIRunner(
+            async with comfyui_agent_on(
+                server,
+                agent_key,
                 comfy.url,
-                client_id="runyard-gpu-box-1",
-                progress_interval=0.0,
-                poll_interval=0.05,
-                watchdog_interval=0.5,
+                agent_id="gpu-box-1",
                 health_interval=0.5,
                 health_timeout=1.0,
-            )
-            detected = await runner.detect()
-            gateway = GatewayClient(
-                server.url,
-                agent_key,
-                runner,
-                agent_id="gpu-box-1",
-                labels=detected.labels(),
-                system_stats=detected.system_stats(),
-                comfyui_version=detected.comfyui_version,
-                backoff_base=0.05,
-                backoff_max=0.2,
-            )
-            run = asyncio.create_task(gateway.run())
-            watch = asyncio.create_task(runner.watch(gateway))
-            try:
-                await asyncio.wait_for(gateway.wait_connected(), 10)
+            ):
                 yield Stack(server, comfy, client, team_id, owner, agent_key)
-            finally:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-                await gateway.stop(0)
-                await run
-                await runner.aclose()
 
 
 @pytest.fixture

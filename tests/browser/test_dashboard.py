@@ -33,7 +33,7 @@ from tests.browser.conftest import (
     assert_accessible,
 )
 from tests.fakes.comfyui import make_png
-from tests.fixtures.graphs import text_to_image, text_to_image_workflow
+from tests.fixtures.graphs import add_media_outputs, text_to_image, text_to_image_workflow
 from tests.integration.conftest import PASSWORD
 from tests.integration.live import RawAgent, wait_for_status
 from tests.integration.uploads import image_workflow
@@ -285,31 +285,7 @@ async def run_a_workflow(page: Any, stack: Stack, tmp_path: Path, screenshot: Sc
 def media_graph() -> dict[str, Any]:
     graph = text_to_image()
     graph["5"]["inputs"].update(width=32, height=32)
-
-    def node(class_type: str, **inputs: Any) -> dict[str, Any]:
-        return {"class_type": class_type, "inputs": inputs}
-
-    graph.update(
-        {
-            "11": node(
-                "VHS_VideoCombine",
-                images=["8", 0],
-                frame_rate=8,
-                loop_count=0,
-                filename_prefix="clip",
-                format="video/h264-mp4",
-                pingpong=False,
-                save_output=True,
-            ),
-            "12": node("EmptyLatentAudio", seconds=2.0, batch_size=1),
-            "13": node("VAEDecodeAudio", samples=["12", 0], vae=["4", 2]),
-            "14": node("SaveAudio", audio=["13", 0], filename_prefix="audio/ComfyUI"),
-            "15": node("PrimitiveString", value="a fox, walking"),
-            "16": node("PreviewAny", source=["15", 0]),
-            "17": node("SaveTextFile", text=["15", 0], filename_prefix="notes"),
-        }
-    )
-    return graph
+    return add_media_outputs(graph, audio_seconds=2.0, caption="a fox, walking")
 
 
 async def media_outputs(page: Any, stack: Stack, screenshot: Screenshot) -> None:

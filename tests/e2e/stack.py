@@ -7,8 +7,6 @@ their own tasks and never depend on the team being empty.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +19,6 @@ import pytest
 
 from runyard.client import Runyard
 from runyard.client._core import ROUTES, Route
-from tests.conftest import _pg_execute
 from tests.e2e.conftest import RUNYARD, free_port, runyard_env
 
 FAST = {
@@ -99,43 +96,37 @@ class Stack:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
 
 
-def database_url(request: pytest.FixtureRequest, backend: str, workdir: Path) -> str:
-    """An empty migrated database for one module (the module-scoped twin of ``db_url``)."""
-    from runyard.store.tables import Base
-
-    if backend == "sqlite":
-        template: Path = request.getfixturevalue("migrated_sqlite")
-        target = workdir / "runyard.db"
-        shutil.copyfile(template, target)
-        return f"sqlite:///{target}"
-    url: str = request.getfixturevalue("migrated_postgres")
-    tables = ", ".join(
-        f'"{t.name}"' for t in reversed(Base.metadata.sorted_tables) if t.name != "alembic_version"
-    )
-    asyncio.run(_pg_execute(url, f"TRUNCATE {tables} CASCADE"))
-    return url
-
-
-def start_stack(db_url: str, workdir: Path) -> Iterator[Stack]:
-    env = runyard_env(db_url, **FAST)
+def start_server(env: dict[str, str], workdir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """``runyard server`` on a free port (log: ``workdir/server.log``), ready, with the owner
+    (``EMAIL``) registered; returns its URL and process."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server_log = workdir / "server.log"
-    with server_log.open("wb") as out:
-        server = subprocess.Popen(
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
             [*RUNYARD, "server", "--port", str(port), "--data-dir", str(workdir / "data")],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    stack = Stack(url, "", "", workdir, env, [server])
     try:
-        wait_ready(url, server, server_log)
+        wait_ready(url, proc, log)
         registered = httpx.post(
             f"{url}/api/v1/auth/register",
             json={"email_address": EMAIL, "user_password": PASSWORD},
         )
         assert registered.status_code == 200, registered.text
+    except BaseException:
+        stop(proc)
+        raise
+    return url, proc
+
+
+def start_stack(db_url: str, workdir: Path) -> Iterator[Stack]:
+    env = runyard_env(db_url, **FAST)
+    url, server = start_server(env, workdir)
+    stack = Stack(url, "", "", workdir, env, [server])
+    try:
         with stack.session() as owner:
             owner.login()
             assert owner.team_id is not None

@@ -25,9 +25,9 @@ import pytest
 
 from runyard.client import Runyard, TaskEvent, TaskStatus
 from runyard.dev.fake_comfyui import make_png, png_size
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, database_url
 from tests.e2e.conftest import RUNYARD, free_port, runyard_env
-from tests.e2e.stack import EMAIL, PASSWORD, database_url, stop, wait_ready
+from tests.e2e.stack import EMAIL, PASSWORD, start_server, stop
 from tests.fixtures.graphs import TEXT_TO_IMAGE_PARAMETERS, text_to_image
 
 FAST = {
@@ -232,23 +232,9 @@ def farm(
 ) -> Iterator[Farm]:
     workdir = tmp_path_factory.mktemp(f"agent-{request.param}")
     env = runyard_env(database_url(request, request.param, workdir), **FAST)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*RUNYARD, "server", "--port", str(port), "--data-dir", str(workdir / "data")],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    url, server = start_server(env, workdir)
     farm = Farm(url, "", "", workdir, env, [server])
     try:
-        wait_ready(url, server, log)
-        registered = httpx.post(
-            f"{url}/api/v1/auth/register", json={"email_address": EMAIL, "user_password": PASSWORD}
-        )
-        assert registered.status_code == 200, registered.text
         with Runyard(url, email=EMAIL, password=PASSWORD) as owner:
             owner.login()
             farm.sk = owner.create_key("e2e").raw_key

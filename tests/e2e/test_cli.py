@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from runyard.cli.main import app
 from runyard.client import Runyard, RunyardError
+from tests.conftest import database_url
 from tests.e2e.conftest import RUNYARD
 from tests.e2e.stack import (
     EMAIL,
@@ -24,7 +25,6 @@ from tests.e2e.stack import (
     SIM_GRAPH,
     SIM_PARAMETERS,
     Stack,
-    database_url,
     start_stack,
 )
 

@@ -21,12 +21,11 @@ from runyard.client import (
     TaskStatus,
     UploadProgress,
 )
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, database_url
 from tests.e2e.stack import (
     SIM_GRAPH,
     RecordingTransport,
     Stack,
-    database_url,
     route_of,
     start_stack,
 )

@@ -1,18 +1,52 @@
-"""The ASGI app in-process over real HTTP semantics (httpx), plus helpers to set up teams."""
+"""The ASGI app in-process over real HTTP semantics (httpx), plus helpers to set up teams and
+to check what the API answers."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from runyard.app import create_app
+from runyard.config import Settings
 from runyard.services.context import ServiceContext
+from tests.integration.live import LiveServer, fast, live_server
 
 PASSWORD = "correct-horse-1"
+
+
+def assert_error(
+    response: httpx.Response, status: int, *fragments: str, exact: str | None = None
+) -> str:
+    """``status`` with exactly ``{"error_message": "..."}``: non-empty, containing every
+    fragment, and equal to ``exact`` when that is given."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body, dict) and list(body) == ["error_message"], body
+    message = body["error_message"]
+    assert isinstance(message, str) and message, body
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    if exact is not None:
+        assert message == exact, body
+    return message
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json() if response.content else None
+
+
+def when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def bearer(secret: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}", **extra}
 
 
 @pytest.fixture
@@ -115,3 +149,10 @@ class Accounts:
 @pytest.fixture
 def accounts(client: httpx.AsyncClient) -> Accounts:
     return Accounts(client)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """A live server with short timings (a module defines its own for other timings)."""
+    async with live_server(fast(settings)) as live:
+        yield live

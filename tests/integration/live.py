@@ -19,6 +19,8 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from runyard.agent.client import GatewayClient
+from runyard.agent.comfyui import ComfyUIRunner
 from runyard.app import create_app
 from runyard.config import Settings
 from runyard.protocol import v1
@@ -176,6 +178,55 @@ class RawAgent:
                     await self.ws.recv()
         assert self.ws.close_code is not None
         return self.ws.close_code, self.ws.close_reason or ""
+
+
+@contextlib.asynccontextmanager
+async def comfyui_agent_on(
+    server: LiveServer,
+    agent_key: str,
+    comfyui_url: str,
+    *,
+    agent_id: str,
+    health_interval: float,
+    health_timeout: float,
+    **gateway: Any,
+) -> AsyncIterator[tuple[ComfyUIRunner, GatewayClient]]:
+    """A real agent (``GatewayClient`` + ``ComfyUIRunner``) in this event loop, connected to
+    ``server`` and driving the ComfyUI at ``comfyui_url``, with short timings."""
+    runner = ComfyUIRunner(
+        comfyui_url,
+        client_id=f"runyard-{agent_id}",
+        progress_interval=0.0,
+        poll_interval=0.05,
+        watchdog_interval=0.5,
+        health_interval=health_interval,
+        health_timeout=health_timeout,
+    )
+    detected = await runner.detect()
+    client = GatewayClient(
+        server.url,
+        agent_key,
+        runner,
+        agent_id=agent_id,
+        labels=detected.labels(),
+        system_stats=detected.system_stats(),
+        comfyui_version=detected.comfyui_version,
+        backoff_base=0.05,
+        backoff_max=0.2,
+        **gateway,
+    )
+    run = asyncio.create_task(client.run())
+    watch = asyncio.create_task(runner.watch(client))
+    try:
+        await asyncio.wait_for(client.wait_connected(), 10)
+        yield runner, client
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        await client.stop(0)
+        await run
+        await runner.aclose()
 
 
 async def refused(server: LiveServer, key: str) -> tuple[int, str]:

@@ -18,25 +18,14 @@ from runyard.security.tokens import TokenSigner
 from runyard.services.context import ServiceContext
 from runyard.store.tables import User
 from tests.conftest import FakeClock
-from tests.integration.conftest import PASSWORD, Account, Accounts
+from tests.integration.conftest import PASSWORD, Account, Accounts, assert_error
 
 API = "/api/v1"
 INVALID_LOGIN = {"error_message": "invalid email or password"}
 
 
-def assert_error(response: httpx.Response, status: int, message: str | None = None) -> str:
-    """The response is ``status`` with exactly ``{"error_message": "<non-empty>"}``."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and list(body) == ["error_message"], body
-    assert isinstance(body["error_message"], str) and body["error_message"], body
-    if message is not None:
-        assert body["error_message"] == message, body
-    return str(body["error_message"])
-
-
 def assert_unauthorized(response: httpx.Response, message: str | None = None) -> str:
-    text = assert_error(response, 401, message)
+    text = assert_error(response, 401, exact=message)
     assert response.headers.get("www-authenticate") == "Bearer"
     return text
 
@@ -155,7 +144,7 @@ async def test_registration_rejects_bad_input_and_creates_nothing(
         content=b'{"email_address": "weak@example.com",',
         headers={"Content-Type": "application/json"},
     )
-    assert_error(malformed, 400, "malformed JSON body")
+    assert_error(malformed, 400, exact="malformed JSON body")
 
     # None of the attempts created the account: it cannot sign in, and can still register.
     assert_unauthorized(await login(client, email, "short7!"), INVALID_LOGIN["error_message"])
@@ -277,7 +266,7 @@ async def test_login_with_missing_fields_is_a_bad_request(client: httpx.AsyncCli
     malformed = await client.post(
         f"{API}/auth/login", content=b"{nope", headers={"Content-Type": "application/json"}
     )
-    assert_error(malformed, 400, "malformed JSON body")
+    assert_error(malformed, 400, exact="malformed JSON body")
 
 
 # -- refresh and logout --------------------------------------------------------------------------

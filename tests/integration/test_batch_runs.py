@@ -14,16 +14,9 @@ from runyard.protocol import v1
 from runyard.services.context import ServiceContext
 from runyard.store.tables import Task, TaskEvent
 from runyard.store.work import WorkRepos
-from tests.integration.conftest import Account, Accounts
+from tests.integration.conftest import Account, Accounts, assert_error, ok
 from tests.integration.live import LiveServer, RawAgent, api, fast, live_server, live_team
-from tests.integration.test_tasks_api import (
-    API,
-    assert_error,
-    count,
-    import_workflow,
-    ok,
-    task_row,
-)
+from tests.integration.test_tasks_api import API, count, import_workflow, task_row
 from tests.integration.uploads import upload_input
 
 BY_SLUG = f"{API}/r/workflows/slug/text-to-image/runs"

@@ -4,7 +4,6 @@ tasks run end to end through ComfyUI's real protocol (both databases)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,15 @@ from runyard.agent.config import AgentSettings
 from runyard.config import Settings
 from runyard.store.work import WorkRepos
 from tests.fakes.comfyui import FakeComfyUI
-from tests.integration.live import LiveServer, LiveTeam, api, fast, live_server, live_team
+from tests.integration.live import (
+    LiveServer,
+    LiveTeam,
+    api,
+    comfyui_agent_on,
+    fast,
+    live_server,
+    live_team,
+)
 
 
 @dataclass
@@ -61,40 +68,16 @@ async def rig(settings: Settings) -> AsyncIterator[Rig]:
         server.ctx.settings.server.public_url = server.url
         async with api(server) as client, FakeComfyUI(step_delay=0.03, steps_override=6) as comfy:
             team = await live_team(server, client, required_labels=["gpu", "comfyui"])
-            runner = ComfyUIRunner(
+            async with comfyui_agent_on(
+                server,
+                team.agent_key,
                 comfy.url,
-                client_id="runyard-agent-1",
-                progress_interval=0.0,
-                poll_interval=0.05,
-                watchdog_interval=0.5,
+                agent_id="agent-1",
                 health_interval=0.2,
                 health_timeout=0.5,
-            )
-            detected = await runner.detect()
-            gateway = GatewayClient(
-                server.url,
-                team.agent_key,
-                runner,
-                agent_id="agent-1",
-                labels=detected.labels(),
                 capacity=3,
-                system_stats=detected.system_stats(),
-                comfyui_version=detected.comfyui_version,
-                backoff_base=0.05,
-                backoff_max=0.2,
-            )
-            run = asyncio.create_task(gateway.run())
-            watch = asyncio.create_task(runner.watch(gateway))
-            try:
-                await asyncio.wait_for(gateway.wait_connected(), 10)
+            ) as (runner, gateway):
                 yield Rig(server, team, comfy, runner, gateway)
-            finally:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-                await gateway.stop(0)
-                await run
-                await runner.aclose()
 
 
 async def test_text_to_image_completes_with_step_progress_and_outputs(rig: Rig) -> None:

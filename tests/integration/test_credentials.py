@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -13,34 +13,10 @@ from sqlalchemy import update
 from runyard.services.context import ServiceContext
 from runyard.store.tables import User
 from tests.conftest import FakeClock
-from tests.integration.conftest import Account, Accounts
+from tests.integration.conftest import Account, Accounts, assert_error, bearer, ok, when
 
 API = "/api/v1"
 USER_CODE = re.compile(r"^[A-HJKMNP-Z2-9]{4}-[A-HJKMNP-Z2-9]{4}$")
-
-
-def assert_error(response: httpx.Response, status: int, message: str | None = None) -> str:
-    """The response is ``status`` with exactly ``{"error_message": "<non-empty>"}``."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and list(body) == ["error_message"], body
-    assert isinstance(body["error_message"], str) and body["error_message"], body
-    if message is not None:
-        assert body["error_message"] == message, body
-    return str(body["error_message"])
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
-def bearer(secret: str, **extra: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}", **extra}
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 async def create(account: Account, **body: Any) -> httpx.Response:
@@ -99,7 +75,7 @@ async def test_create_shows_the_secret_once(accounts: Accounts, clock: FakeClock
     assert ak["kind"] == "agent"
     assert ak["raw_key"].startswith("ak-")
     assert ak["key_prefix"] == ak["raw_key"][:12]
-    assert parse_time(ak["expires_at"]) == clock.now() + timedelta(days=90)
+    assert when(ak["expires_at"]) == clock.now() + timedelta(days=90)
     assert sk["raw_key"] != ak["raw_key"]
 
     response = await owner.request("GET", f"{API}/credentials")
@@ -116,9 +92,9 @@ async def test_create_shows_the_secret_once(accounts: Accounts, clock: FakeClock
     assert item["user_id"] == owner.user_id
     assert item["key_status"] == "active"
     assert item["last_used_at"] is None and item["expires_at"] is None
-    assert parse_time(item["created_at"]) == clock.now()
+    assert when(item["created_at"]) == clock.now()
     assert items[ak["id"]]["display_name"] == "gpu-01"
-    assert parse_time(items[ak["id"]]["expires_at"]) == clock.now() + timedelta(days=90)
+    assert when(items[ak["id"]]["expires_at"]) == clock.now() + timedelta(days=90)
 
 
 async def test_list_filters_and_pages(accounts: Accounts) -> None:
@@ -175,7 +151,7 @@ async def test_expired_key_is_refused(
     clock.advance(24 * 3600)
     await owner.relogin()  # the session token of a day ago has expired too
     response = await client.get(f"{API}/r/workflows", headers=bearer(short["raw_key"]))
-    assert_error(response, 401, "credential expired")
+    assert_error(response, 401, exact="credential expired")
     assert ok(await client.get(f"{API}/r/workflows", headers=bearer(lasting["raw_key"])))
     items = await by_id(owner)
     assert items[short["id"]]["key_status"] == "expired"
@@ -204,7 +180,7 @@ async def test_revoke(client: httpx.AsyncClient, accounts: Accounts) -> None:
     assert_error(
         await client.get(f"{API}/r/workflows", headers=bearer(sk["raw_key"])),
         401,
-        "credential revoked",
+        exact="credential revoked",
     )
     items = await by_id(owner)
     assert items[sk["id"]]["key_status"] == "revoked"
@@ -228,8 +204,8 @@ async def test_last_used_at_is_recorded(
     ok(await client.get(f"{API}/members", headers=bearer(approved["raw_key"])))
     ok(await client.get(f"{API}/r/workflows", headers=bearer(sk["raw_key"])))
     items = await by_id(owner)
-    assert parse_time(items[devices[0]["id"]]["last_used_at"]) == clock.now()
-    assert parse_time(items[sk["id"]]["last_used_at"]) == clock.now()
+    assert when(items[devices[0]["id"]]["last_used_at"]) == clock.now()
+    assert when(items[sk["id"]]["last_used_at"]) == clock.now()
 
 
 async def test_credential_routes_take_a_session_only(
@@ -369,7 +345,7 @@ async def test_pairing_codes_in_other_forms(client: httpx.AsyncClient, accounts:
     started = await start(client)
     code = started["user_code"]
     for wrong in ("ABCD", "ABCD-EFGH-IJ", "1111-1111", "----"):
-        assert_error(await confirm(owner, wrong), 404, "pairing code not found or expired")
+        assert_error(await confirm(owner, wrong), 404, exact="pairing code not found or expired")
     assert_error(await confirm(owner, ""), 400)
     assert_error(await confirm(owner, "x" * 33), 400)
     assert ok(await poll(client, started["device_code"]))["status"] == "pending"
@@ -547,7 +523,7 @@ async def test_device_revokes_itself_and_its_agent_key(
     assert_error(
         await client.get(f"{API}/members", headers=bearer(first["raw_key"])),
         401,
-        "credential revoked",
+        exact="credential revoked",
     )
     statuses = {(c["display_name"], c["kind"]): c["key_status"] for c in await listing(owner)}
     assert statuses == {
@@ -599,7 +575,7 @@ async def test_malformed_bodies_change_nothing(
     ]
     for method, path in routes:
         response = await owner.request(method, f"{API}{path}", content=broken, headers=json_headers)
-        assert_error(response, 400, "malformed JSON body")
+        assert_error(response, 400, exact="malformed JSON body")
         # Valid JSON of the wrong shape, and no body at all.
         for body in (b"[]", b'"text"', b"42", b"null"):
             response = await owner.request(
@@ -656,8 +632,12 @@ async def test_malformed_bodies_change_nothing(
 
 async def test_unknown_routes_and_methods_answer_in_json(accounts: Accounts) -> None:
     owner = await accounts.signup("alice")
-    assert_error(await owner.request("GET", f"{API}/no-such-thing"), 404, "resource not found")
-    assert_error(await owner.request("PATCH", f"{API}/credentials"), 405, "method not allowed")
+    assert_error(
+        await owner.request("GET", f"{API}/no-such-thing"), 404, exact="resource not found"
+    )
+    assert_error(
+        await owner.request("PATCH", f"{API}/credentials"), 405, exact="method not allowed"
+    )
 
 
 async def test_device_key_stops_when_its_user_leaves_the_team(

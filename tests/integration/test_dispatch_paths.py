@@ -5,7 +5,6 @@ one sinking the others, and cached keys still stop working within the documented
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -32,16 +31,8 @@ from tests.integration.live import (
     LiveTeam,
     RawAgent,
     api,
-    fast,
-    live_server,
     live_team,
 )
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[LiveServer]:
-    async with live_server(fast(settings)) as live:
-        yield live
 
 
 async def output_of(client: httpx.AsyncClient, team: LiveTeam, task_id: str) -> Any:

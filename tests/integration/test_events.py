@@ -171,12 +171,6 @@ def tick(dispatch: v1.Dispatch, step: int, total: int = 4, **more: Any) -> v1.Pr
     )
 
 
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[LiveServer]:
-    async with live_server(fast(settings)) as live:
-        yield live
-
-
 # -- following a task --------------------------------------------------------------------------
 
 

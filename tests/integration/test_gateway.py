@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from runyard.config import Settings
 from runyard.protocol import v1
-from tests.integration.live import LiveServer, RawAgent, api, fast, live_server, live_team, refused
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[LiveServer]:
-    async with live_server(fast(settings)) as live:
-        yield live
+from tests.integration.live import LiveServer, RawAgent, api, live_team, refused
 
 
 async def test_task_runs_on_an_agent_from_dispatch_to_completion(server: LiveServer) -> None:

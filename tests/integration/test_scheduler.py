@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import select
 
 from runyard.config import Settings
@@ -22,12 +20,6 @@ from tests.integration.live import (
     live_server,
     live_team,
 )
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[LiveServer]:
-    async with live_server(fast(settings)) as live:
-        yield live
 
 
 async def attempts_of(server: LiveServer, task_id: str) -> list[TaskAttempt]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,8 +25,8 @@ from runyard.store.tables import (
 from runyard.store.work import WorkRepos
 from tests.conftest import FakeClock
 from tests.fixtures.graphs import TEXT_TO_IMAGE_PARAMETERS, text_to_image, text_to_image_workflow
-from tests.integration.conftest import Account, Accounts
-from tests.integration.uploads import upload_input
+from tests.integration.conftest import Account, Accounts, assert_error, bearer, ok, when
+from tests.integration.uploads import move, upload_input
 
 API = "/api/v1"
 DAY = 24 * 3600
@@ -45,31 +44,6 @@ RESULT_FIELDS = {
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
-    """``status`` with exactly ``{"error_message": "..."}`` containing every fragment."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and list(body) == ["error_message"], body
-    message = body["error_message"]
-    assert isinstance(message, str) and message, body
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
-def when(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def bearer(raw: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def full_workflow(slug: str = "text-to-image") -> dict[str, Any]:
@@ -160,15 +134,6 @@ class RecordingNotifier:
         self, task_id: str, team_id: str, agent_id: str | None, attempt: int
     ) -> None:
         self.cancelled.append((task_id, team_id, agent_id))
-
-
-async def move(ctx: ServiceContext, task_id: str, status: TaskStatus, **fields: Any) -> None:
-    """Change a task's state as the scheduler would (through the transition table)."""
-    async with ctx.db.write() as session:
-        repos = WorkRepos(session)
-        task = await repos.task_for_update(task_id)
-        assert task is not None
-        await repos.change_status(task, status, ctx.now(), **fields)
 
 
 # -- parameter checking ------------------------------------------------------------------------

@@ -10,26 +10,10 @@ import httpx
 
 from runyard.config import Settings
 from tests.conftest import FakeClock
-from tests.integration.conftest import Account, Accounts
+from tests.integration.conftest import Account, Accounts, assert_error, ok
 
 API = "/api/v1"
 WEEK = 7 * 24 * 3600
-
-
-def assert_error(response: httpx.Response, status: int, message: str | None = None) -> str:
-    """The response is ``status`` with exactly ``{"error_message": "<non-empty>"}``."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and list(body) == ["error_message"], body
-    assert isinstance(body["error_message"], str) and body["error_message"], body
-    if message is not None:
-        assert body["error_message"] == message, body
-    return str(body["error_message"])
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
 
 
 async def team(account: Account, team_id: str | None = None) -> dict[str, Any]:
@@ -529,7 +513,7 @@ async def test_team_header_rules(client: httpx.AsyncClient, accounts: Accounts) 
 
     for path in ("/members", "/teams/current", "/invitations", "/credentials"):
         response = await client.get(f"{API}{path}", headers=token)
-        assert_error(response, 400, "X-Team-ID header is required with a user session")
+        assert_error(response, 400, exact="X-Team-ID header is required with a user session")
     for value in ("team_01HX", "not-a-uuid", "1234", f"{bob.team_id}x"):
         response = await client.get(f"{API}/members", headers={**token, "X-Team-ID": value})
         assert "X-Team-ID" in assert_error(response, 400)

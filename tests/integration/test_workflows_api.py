@@ -7,7 +7,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ from runyard.store.tables import Task, Workflow, WorkflowSnapshot
 from runyard.store.work import WorkRepos
 from tests.conftest import FakeClock
 from tests.fixtures.graphs import TEXT_TO_IMAGE_PARAMETERS, text_to_image, text_to_image_workflow
-from tests.integration.conftest import Account, Accounts
+from tests.integration.conftest import Account, Accounts, assert_error, ok, when
 
 API = "/api/v1"
 
@@ -47,27 +46,6 @@ WORKFLOW_FIELDS = {
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
-    """``status`` with exactly ``{"error_message": "..."}`` containing every fragment."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert isinstance(body, dict) and list(body) == ["error_message"], body
-    message = body["error_message"]
-    assert isinstance(message, str) and message, body
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
-
-
-def when(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 async def imported(owner: Account, body: dict[str, Any] | None = None, **extra: Any) -> str:

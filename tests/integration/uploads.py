@@ -82,6 +82,7 @@ def image_workflow(slug: str = "img2img", **extra: Any) -> dict[str, Any]:
 
 
 async def move(ctx: ServiceContext, task_id: str, status: TaskStatus, **fields: Any) -> None:
+    """Change a task's state as the scheduler would (through the transition table)."""
     async with ctx.db.write() as session:
         repos = WorkRepos(session)
         task = await repos.task_for_update(task_id)

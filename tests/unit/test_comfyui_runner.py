@@ -19,7 +19,7 @@ from runyard.agent.comfyui.api import Detected, describe_rejection, parse_system
 from runyard.agent.comfyui.progress import ProgressTracker
 from runyard.protocol import v1
 from tests.fakes.comfyui import CPU_DEVICE, FakeComfyUI, make_png, png_size
-from tests.fixtures.graphs import text_to_image
+from tests.fixtures.graphs import add_media_outputs, node, text_to_image
 
 WAIT = 10.0
 
@@ -220,32 +220,8 @@ async def test_text_to_image_completes_with_per_step_progress_and_uploaded_image
 async def test_every_output_kind_is_fetched_and_uploaded(
     comfy: FakeComfyUI, runner: ComfyUIRunner, store: Store
 ) -> None:
-    graph = small_graph(steps=1)
-
-    def node(class_type: str, **inputs: Any) -> dict[str, Any]:
-        return {"class_type": class_type, "inputs": inputs}
-
-    graph.update(
-        {
-            "11": node(
-                "VHS_VideoCombine",
-                images=["8", 0],
-                frame_rate=8,
-                loop_count=0,
-                filename_prefix="clip",
-                format="video/h264-mp4",
-                pingpong=False,
-                save_output=True,
-            ),
-            "12": node("EmptyLatentAudio", seconds=5.0, batch_size=1),
-            "13": node("VAEDecodeAudio", samples=["12", 0], vae=["4", 2]),
-            "14": node("SaveAudio", audio=["13", 0], filename_prefix="audio/ComfyUI"),
-            "15": node("PrimitiveString", value="a caption"),
-            "16": node("PreviewAny", source=["15", 0]),
-            "17": node("SaveTextFile", text=["15", 0], filename_prefix="notes"),
-            "18": node("PreviewImage", images=["8", 0]),
-        }
-    )
+    graph = add_media_outputs(small_graph(steps=1))
+    graph["18"] = node("PreviewImage", images=["8", 0])
     reporter = FakeReporter(dispatch(graph), store)
     kind, manifest = await run(runner, reporter)
 

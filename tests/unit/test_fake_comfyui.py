@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fakes import CPU_DEVICE, FakeComfyUI
-from tests.fixtures.graphs import TEXT_TO_IMAGE, text_to_image
+from tests.fixtures.graphs import TEXT_TO_IMAGE, add_media_outputs, node, text_to_image
 
 Message = dict[str, Any]
 
@@ -35,10 +35,6 @@ def t2i(seed: int | None = None, ckpt: str | None = None) -> dict[str, Any]:
     if ckpt is not None:
         graph["4"]["inputs"]["ckpt_name"] = ckpt
     return graph
-
-
-def node(class_type: str, **inputs: Any) -> dict[str, Any]:
-    return {"class_type": class_type, "inputs": inputs}
 
 
 def new_id() -> str:
@@ -616,37 +612,17 @@ async def test_every_output_kind_lands_in_history_and_view(
 ) -> None:
     graph = t2i()
     graph["5"]["inputs"].update(width=64, height=64, batch_size=2)
-    images, vae, text = ["8", 0], ["4", 2], ["15", 0]
-    graph.update(
-        {
-            "10": node(
-                "SaveAnimatedWEBP",
-                images=images,
-                filename_prefix="anim",
-                fps=6.0,
-                lossless=False,
-                quality=80,
-                method="default",
-            ),
-            "11": node(
-                "VHS_VideoCombine",
-                images=images,
-                frame_rate=8,
-                loop_count=0,
-                filename_prefix="clip",
-                format="video/h264-mp4",
-                pingpong=False,
-                save_output=True,
-            ),
-            "12": node("EmptyLatentAudio", seconds=5.0, batch_size=1),
-            "13": node("VAEDecodeAudio", samples=["12", 0], vae=vae),
-            "14": node("SaveAudio", audio=["13", 0], filename_prefix="audio/ComfyUI"),
-            "15": node("PrimitiveString", value="a caption"),
-            "16": node("PreviewAny", source=text),
-            "17": node("SaveTextFile", text=text, filename_prefix="notes"),
-            "18": node("PreviewImage", images=images),
-        }
+    graph["10"] = node(
+        "SaveAnimatedWEBP",
+        images=["8", 0],
+        filename_prefix="anim",
+        fps=6.0,
+        lossless=False,
+        quality=80,
+        method="default",
     )
+    add_media_outputs(graph)
+    graph["18"] = node("PreviewImage", images=["8", 0])
     prompt_id = new_id()
     await http.post("/prompt", json={"prompt": graph, "client_id": "a", "prompt_id": prompt_id})
     outputs = (await poll_history(http, prompt_id))["outputs"]
