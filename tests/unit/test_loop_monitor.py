@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 import structlog
 
-from runyard.config import load_settings
+from runyard.config import LoggerSettings, load_settings
+from runyard.logging import configure_logging
 from runyard.observability import LoopMonitor
 
 
@@ -30,7 +32,7 @@ async def test_a_blocked_loop_is_logged_with_its_duration_and_where_it_was_stuck
     assert stall["log_level"] == "warning"
     assert stall["stalled_ms"] >= 250
     assert stall["stalls"] == 1
-    assert any("_block_the_loop" in line for line in stall["stack"])
+    assert any("_block_the_loop" in line for line in stall["frames"])
     assert monitor.stalls == len(stalls)
     assert monitor.max_lag_seconds >= 0.25
 
@@ -73,3 +75,31 @@ def test_server_threshold_comes_from_the_environment(monkeypatch: pytest.MonkeyP
     assert load_settings().server.loop_stall_threshold_seconds == 0.5
     monkeypatch.setenv("RUNYARD_SERVER_LOOP_STALL_THRESHOLD_SECONDS", "0")
     assert load_settings().server.loop_stall_threshold_seconds == 0
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_stall_is_written_by_the_real_renderers_and_the_watch_goes_on(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Through configure_logging, not capture_logs: a field the renderer treats specially (the
+    # console renderer concatenates a ``stack`` string) once ended the watch at its first stall.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(LoggerSettings(format=fmt, level="info"))
+    monitor = LoopMonitor(threshold=0.15, interval=0.05)
+    try:
+        monitor.start()
+        await asyncio.sleep(0.06)
+        _block_the_loop(0.4)
+        await asyncio.sleep(0.1)
+        assert monitor.running, "the watch ended after reporting a stall"
+        _block_the_loop(0.4)
+        await asyncio.sleep(0.1)
+    finally:
+        await monitor.stop()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err  # what the stdlib prints when a formatter raises
+    assert err.count("event_loop_stalled") >= 2
+    assert "_block_the_loop" in err

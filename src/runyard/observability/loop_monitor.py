@@ -10,7 +10,7 @@ To say *what* blocked the loop without asyncio's debug mode (too slow for produc
 daemon thread checks the task's heartbeat and, once it is overdue, takes one sample of the
 loop thread's Python stack (``sys._current_frames``). The thread only wakes a few times a
 second and samples nothing while the loop is healthy. A stall inside C code that holds the
-GIL cannot be sampled; then the warning has no ``stack``.
+GIL cannot be sampled; then the warning has no ``frames``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-#: Innermost frames kept in a stall's ``stack`` field.
+#: Innermost frames kept in a stall's ``frames`` field.
 STACK_DEPTH = 8
 
 
@@ -123,14 +123,17 @@ class LoopMonitor:
             fields: dict[str, Any] = {}
             sample = self._sample
             if sample is not None and sample[0] == beat:
-                fields["stack"] = sample[1]
-            self._log.warning(
-                "event_loop_stalled",
-                stalled_ms=round(lag * 1000),
-                stalls=self.stalls,
-                threshold_ms=round(self.threshold * 1000),
-                **fields,
-            )
+                fields["frames"] = sample[1]
+            try:
+                self._log.warning(
+                    "event_loop_stalled",
+                    stalled_ms=round(lag * 1000),
+                    stalls=self.stalls,
+                    threshold_ms=round(self.threshold * 1000),
+                    **fields,
+                )
+            except Exception:  # a broken log line must not end the watch
+                continue
 
     def _sampler(self, loop_thread: int) -> None:
         # Poll often enough to catch a stall just over the threshold while it still lasts.
