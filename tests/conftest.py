@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 from sqlalchemy import text
 
 from runyard.config import Settings
@@ -28,6 +29,21 @@ from runyard.store.tables import Base
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Until a test configures logging, structlog's defaults render tracebacks with rich: up to
+    # a second each on a loaded machine, on the event loop of the in-process server that logs
+    # them (tests that make frames fail on purpose log many). Plain ones, as the product's own
+    # text format does (runyard.logging).
+    *processors, renderer = structlog.get_config()["processors"]
+    if isinstance(renderer, structlog.dev.ConsoleRenderer):
+        structlog.configure(
+            processors=[
+                *processors,
+                structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+            ]
+        )
 
 
 def postgres_admin_url() -> str:
@@ -137,6 +153,12 @@ def test_settings(tmp_path: Path, db_url: str) -> Settings:
     settings.auth.argon2_memory_cost_kib = 64
     settings.auth.argon2_parallelism = 1
     settings.server.public_url = "http://runyard.test"
+    # In-process servers run SQLite on their event loop (store/sqlite_inline.py), so with FULL
+    # each commit's fsync holds the loop: while another test worker writes a lot to the same
+    # disk, one fsync was measured at 0.8 s, long enough to starve the 2 s leases of the fast
+    # test timings. NORMAL (WAL) still survives a killed process, which is what tests can show;
+    # FULL stays the product's default and the e2e tests' real processes keep it.
+    settings.database.sqlite_synchronous = "NORMAL"
     return settings
 
 
