@@ -185,9 +185,14 @@ class Scheduler(Dispatching, FrameHandling, Upkeep):
             del self.connections[conn.key]
             with contextlib.suppress(Exception):
                 async with self.ctx.db.write() as session:
-                    await AgentRepos(session).disconnect(
-                        conn.team_id, conn.agent_id, self.gateway_id
-                    )
+                    # Asked again once the write is ours: a new connection of the same agent
+                    # (a quick reconnect) may have registered while this one waited, and its
+                    # row must stay listed.
+                    await session.connection()
+                    if conn.key not in self.connections:
+                        await AgentRepos(session).disconnect(
+                            conn.team_id, conn.agent_id, self.gateway_id
+                        )
         log.info("agent_disconnected", agent_id=conn.agent_id, team_id=conn.team_id)
 
     # -- the services' notifier ----------------------------------------------------------------
