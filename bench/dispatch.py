@@ -301,9 +301,9 @@ class Probes:
 async def insert_backlog(db_url: str, team: Team, count: int, concurrency: int) -> float:
     """Submit ``count`` unmatched tasks through the service layer (server stopped)."""
     from runyard.config import Settings
+    from runyard.context import build_context
     from runyard.services import tasks
     from runyard.services.auth import Caller, CallerKind, TeamScope
-    from runyard.services.context import build_context
     from runyard.store.db import Database
 
     settings = Settings()

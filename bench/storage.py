@@ -500,7 +500,7 @@ def main() -> int:
                 "from datetime import UTC, datetime;"
                 "from pathlib import Path;"
                 "from runyard.objects.local import LocalObjectStore;"
-                "from runyard.services.context import SECRET_SETTING;"
+                "from runyard.context import SECRET_SETTING;"
                 "import sqlite3;"
                 "secret = sqlite3.connect(sys.argv[1]).execute("
                 "'select value from instance_settings where key=?', (SECRET_SETTING,)"

@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import text
 
 from runyard.config import Settings
-from runyard.services.context import ServiceContext, build_context
+from runyard.context import ServiceContext, build_context
 from runyard.store import migrate
 from runyard.store.db import Database
 from runyard.store.tables import Base

@@ -17,6 +17,7 @@ from runyard import __version__
 from runyard.api.errors import error_response, install_error_handlers
 from runyard.api.routes import api_router
 from runyard.config import Settings
+from runyard.context import NullNotifier, ServiceContext, build_context
 from runyard.events.bus import make_bus
 from runyard.events.hub import TASK_EVENT, EventHub
 from runyard.gateway.endpoint import router as gateway_router
@@ -25,7 +26,6 @@ from runyard.objects.local import OBJECTS_PATH
 from runyard.objects.zerocopy import ZeroCopyMiddleware
 from runyard.observability import LoopMonitor
 from runyard.scheduler.core import Scheduler
-from runyard.services.context import NullNotifier, ServiceContext, build_context
 from runyard.services.retention import RetentionSweeper
 from runyard.store import migrate
 from runyard.store.db import BUS_MESSAGES, Database

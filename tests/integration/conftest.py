@@ -13,7 +13,7 @@ import pytest
 
 from runyard.app import create_app
 from runyard.config import Settings
-from runyard.services.context import ServiceContext
+from runyard.context import ServiceContext
 from tests.integration.live import LiveServer, fast, live_server
 
 PASSWORD = "correct-horse-1"

@@ -23,8 +23,8 @@ from runyard.agent.client import GatewayClient
 from runyard.agent.comfyui import ComfyUIRunner
 from runyard.app import create_app
 from runyard.config import Settings
+from runyard.context import ServiceContext, build_context
 from runyard.protocol import v1
-from runyard.services.context import ServiceContext, build_context
 from runyard.store.db import Database
 
 FAST_SCHEDULER = {

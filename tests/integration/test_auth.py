@@ -13,9 +13,9 @@ import httpx
 from sqlalchemy import update
 
 from runyard.config import Settings
+from runyard.context import ServiceContext
 from runyard.domain.ids import new_id
 from runyard.security.tokens import TokenSigner
-from runyard.services.context import ServiceContext
 from runyard.store.tables import User
 from tests.conftest import FakeClock
 from tests.integration.conftest import PASSWORD, Account, Accounts, assert_error

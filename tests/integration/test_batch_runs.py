@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from runyard.config import Settings
+from runyard.context import ServiceContext
 from runyard.protocol import v1
-from runyard.services.context import ServiceContext
 from runyard.store.tables import Task, TaskEvent
 from runyard.store.work import WorkRepos
 from tests.integration.conftest import Account, Accounts, assert_error, ok

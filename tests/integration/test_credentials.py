@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import update
 
-from runyard.services.context import ServiceContext
+from runyard.context import ServiceContext
 from runyard.store.tables import User
 from tests.conftest import FakeClock
 from tests.integration.conftest import Account, Accounts, assert_error, bearer, ok, when

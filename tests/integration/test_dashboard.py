@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from runyard.config import Settings
-from runyard.services.context import ServiceContext
+from runyard.context import ServiceContext
 from tests.integration.conftest import PASSWORD, Account, Accounts
 from tests.integration.test_tenant_isolation import DASHBOARD
 from tests.integration.uploads import image_workflow

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select
 
 from runyard.config import Settings
+from runyard.context import ServiceContext
 from runyard.domain.errors import Conflict
 from runyard.gateway.endpoint import CLOSE_RETRY
 from runyard.protocol import v1
 from runyard.scheduler.batch import GroupCommit
-from runyard.services.context import ServiceContext
 from runyard.services.credentials import CALLER_CACHE_SECONDS
 from runyard.services.tasks import SUBMITTED
 from runyard.store.agents import AgentRepos

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
 from runyard.protocol import v1
 from runyard.services import files
-from runyard.services.context import ServiceContext
 from runyard.services.retention import sweep
 from runyard.store.tables import StoredFile, TaskOutput
 from tests.conftest import FakeClock

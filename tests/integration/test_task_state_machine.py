@@ -12,13 +12,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import Conflict
 from runyard.domain.roles import Role
 from runyard.domain.tasks import TRANSITIONS, TaskStatus
 from runyard.domain.workflows import ParameterDef, ParamType
 from runyard.services import accounts, tasks, workflows
 from runyard.services.auth import Caller, CallerKind, TeamScope
-from runyard.services.context import ServiceContext
 from runyard.services.tasks import RunRequest
 from runyard.services.workflows import WorkflowSpec
 from runyard.store.work import WorkRepos

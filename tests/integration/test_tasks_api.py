@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
-from runyard.services.context import ServiceContext
 from runyard.store.tables import (
     Credential,
     IdempotencyKey,

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import func, select
 
 from runyard.config import Settings
+from runyard.context import ServiceContext, build_context
 from runyard.domain.tasks import TaskStatus
 from runyard.objects import ObjectStore
-from runyard.services.context import ServiceContext, build_context
 from runyard.services.files import objects
 from runyard.services.retention import PURGE_GRACE, sweep
 from runyard.store.db import Database

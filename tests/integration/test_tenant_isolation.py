@@ -56,8 +56,8 @@ from starlette.routing import BaseRoute
 
 from runyard.app import create_app
 from runyard.config import Settings
+from runyard.context import build_context
 from runyard.domain.roles import Role
-from runyard.services.context import build_context
 from runyard.store.db import Database
 from runyard.store.tables import Agent, Base
 from tests.conftest import test_settings

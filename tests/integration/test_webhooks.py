@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
-from runyard.services.context import ServiceContext
 from runyard.store.work import WorkRepos
 from runyard.webhooks.deliverer import Deliverer
 from tests.conftest import FakeClock

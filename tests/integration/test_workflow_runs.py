@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from runyard.services.context import ServiceContext
+from runyard.context import ServiceContext
 from runyard.store.work import WorkRepos
 from tests.fixtures.graphs import text_to_image_workflow
 from tests.integration.conftest import Account, Accounts

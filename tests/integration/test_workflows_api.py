@@ -13,7 +13,7 @@ import httpx
 from sqlalchemy import func, select
 
 from runyard.app import create_app
-from runyard.services.context import ServiceContext
+from runyard.context import ServiceContext
 from runyard.store.tables import Task, Workflow, WorkflowSnapshot
 from runyard.store.work import WorkRepos
 from tests.conftest import FakeClock

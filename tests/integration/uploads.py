@@ -14,12 +14,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from runyard.api.errors import install_error_handlers
+from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
 from runyard.objects.http import router as objects_router
 from runyard.objects.local import LocalObjectStore
 from runyard.protocol import v1
 from runyard.services import files
-from runyard.services.context import ServiceContext
 from runyard.store.work import WorkRepos
 
 API = "/api/v1"

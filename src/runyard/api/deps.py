@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import Forbidden, Unauthorized
 from runyard.services import auth, web_sessions
 from runyard.services import credentials as cached_callers
 from runyard.services.auth import Caller, Surface, TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Page
 
 

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
 from runyard.events.bus import Bus
 from runyard.logging import get_logger
-from runyard.services.context import ServiceContext
 from runyard.store.db import Database
 from runyard.store.tables import TaskEvent
 from runyard.store.work import WorkRepos

@@ -8,13 +8,13 @@ import contextlib
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import RunyardError
 from runyard.gateway.connection import AgentConnection
 from runyard.logging import get_logger
 from runyard.protocol import v1
 from runyard.scheduler.core import Scheduler
 from runyard.services.auth import authenticate_agent
-from runyard.services.context import ServiceContext
 
 log = get_logger("runyard.gateway")
 router = APIRouter()

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from runyard.context import ServiceContext
 from runyard.domain.retry import backoff_seconds, should_retry
 from runyard.domain.tasks import TaskStatus
 from runyard.events.bus import Bus
@@ -19,7 +20,6 @@ from runyard.protocol import v1
 from runyard.scheduler.batch import GroupCommit
 from runyard.scheduler.common import AGENT_COMMAND, TASK_READY, AttemptEnd
 from runyard.scheduler.index import WaitingIndex, WaitingTask
-from runyard.services.context import ServiceContext
 from runyard.store.agents import AgentRepos
 from runyard.store.tables import Task
 from runyard.store.work import WorkRepos

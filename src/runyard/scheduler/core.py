@@ -28,6 +28,7 @@ import json
 import time
 from datetime import timedelta
 
+from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
 from runyard.events.bus import Bus
 from runyard.gateway.connection import AgentConnection, AttemptState
@@ -43,7 +44,6 @@ from runyard.scheduler.common import (
 from runyard.scheduler.dispatch import Dispatching
 from runyard.scheduler.frames import FrameHandling
 from runyard.scheduler.upkeep import Upkeep
-from runyard.services.context import ServiceContext
 from runyard.store.agents import AgentRepos
 from runyard.store.work import WorkRepos
 

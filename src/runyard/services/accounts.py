@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from runyard.context import ServiceContext
 from runyard.domain.credentials import hash_secret
 from runyard.domain.errors import Conflict, Forbidden, Unauthorized
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Role
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Repos
 from runyard.store.tables import Membership, RefreshToken, Team, User
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import NotFound
 from runyard.domain.roles import Permission
 from runyard.services.auth import TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.agents import AgentRepos
 from runyard.store.repos import Page
 from runyard.store.tables import Agent

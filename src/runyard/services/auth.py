@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from runyard.context import ServiceContext
 from runyard.domain.credentials import CredentialKind, hash_secret, kind_of
 from runyard.domain.errors import BadRequest, Forbidden, Unauthorized
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission, Role, allows
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Repos
 
 #: ``last_used_at`` is written at most this often per credential, to spare the database.

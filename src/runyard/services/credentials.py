@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from runyard.context import ServiceContext
 from runyard.domain.credentials import (
     CredentialKind,
     generate_secret,
@@ -22,7 +23,6 @@ from runyard.domain.roles import Permission, Role
 from runyard.services import auth
 from runyard.services.accounts import create_team_in, normalise_email, register
 from runyard.services.auth import Caller, CallerKind, TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.db import Database
 from runyard.store.repos import REVOKED_INFO, Page, Repos
 from runyard.store.tables import Credential, DevicePairing

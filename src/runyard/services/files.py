@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, Gone, NotFound, PayloadTooLarge, PreconditionFailed
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
@@ -41,7 +42,6 @@ from runyard.objects.keys import (
 )
 from runyard.protocol import v1
 from runyard.services.auth import TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.files import Attached, FileRepos
 from runyard.store.tables import StoredFile, Task, TaskOutput
 

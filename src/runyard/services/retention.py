@@ -23,9 +23,9 @@ import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 
+from runyard.context import ServiceContext
 from runyard.logging import get_logger
 from runyard.objects.local import LocalObjectStore
-from runyard.services.context import ServiceContext
 from runyard.services.files import objects
 from runyard.store.files import FileRepos
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
@@ -34,7 +35,6 @@ from runyard.domain.workflows import (
 from runyard.objects.keys import input_prefix
 from runyard.services import files, workflows
 from runyard.services.auth import CallerKind, TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Page
 from runyard.store.tables import IdempotencyKey, Task
 from runyard.store.work import WorkRepos

@@ -6,13 +6,13 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 
+from runyard.context import ServiceContext
 from runyard.domain.credentials import hash_secret
 from runyard.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services.accounts import create_team_in, normalise_email
 from runyard.services.auth import TeamScope
-from runyard.services.context import ServiceContext
 from runyard.services.files import record_team_purge
 from runyard.services.tasks import cancel_team_tasks, notify_cancelled
 from runyard.store.repos import Page, Repos

@@ -16,10 +16,10 @@ import hmac
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import Unauthorized
 from runyard.services import accounts
 from runyard.services.auth import Caller, CallerKind
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Repos
 
 #: The session cookie (HttpOnly, SameSite=Lax).

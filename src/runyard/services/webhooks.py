@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
 from runyard.domain.webhooks import EVENTS, PING, new_secret
 from runyard.services.auth import TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Page
 from runyard.store.tables import Webhook, WebhookAttempt, WebhookDelivery
 from runyard.store.webhooks import WebhookRepos

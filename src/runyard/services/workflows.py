@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
@@ -20,7 +21,6 @@ from runyard.domain.workflows import (
     validate_parameter_defs,
 )
 from runyard.services.auth import TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.repos import Page
 from runyard.store.tables import Workflow, WorkflowSnapshot
 from runyard.store.work import WorkRepos

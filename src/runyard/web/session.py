@@ -8,12 +8,12 @@ from urllib.parse import parse_qsl, quote
 
 from fastapi import Request, Response
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission, Role
 from runyard.services import accounts, auth, web_sessions
 from runyard.services.auth import Caller, Surface, TeamScope
-from runyard.services.context import ServiceContext
 from runyard.store.tables import User
 
 #: Double-submit cookie for the sign-in form (there is no session yet to bind a token to).

@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 
 import httpx
 
+from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest
 from runyard.domain.webhooks import next_delay, raw_body, signature_256, standard_signature
 from runyard.logging import get_logger
-from runyard.services.context import ServiceContext
 from runyard.store.tables import WebhookAttempt
 from runyard.store.webhooks import WebhookRepos
 from runyard.webhooks.urls import check_destination

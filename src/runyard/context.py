@@ -1,4 +1,5 @@
-"""What every service needs: the database, settings, hashing, token signing and a clock."""
+"""What services and the engine share: the database, settings, hashing, token signing, object
+storage, a clock and the engine handle."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Protocol
 from runyard.config import Settings
 from runyard.objects import ObjectStore, make_object_store
 from runyard.security.passwords import Passwords
+from runyard.security.secrets import SecretBox
 from runyard.security.tokens import TokenSigner
 from runyard.store.db import Database
 from runyard.store.repos import Repos
 from runyard.store.types import utcnow
-from runyard.webhooks.secrets import SecretBox
 
 SECRET_SETTING = "server_secret_key"
 
