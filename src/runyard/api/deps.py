@@ -9,11 +9,13 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runyard.context import ServiceContext
+from runyard.domain import limits
 from runyard.domain.errors import Forbidden, Unauthorized
+from runyard.domain.limits import PER_PAGE
+from runyard.domain.pages import Page
 from runyard.services import auth, web_sessions
 from runyard.services import credentials as cached_callers
 from runyard.services.auth import Caller, Surface, TeamScope
-from runyard.store.repos import Page
 
 
 def get_ctx(request: Request) -> ServiceContext:
@@ -107,8 +109,10 @@ UserId = Annotated[str, Depends(_user_id)]
 
 
 async def _page(  # async: see ``_ctx``
-    current_page: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page")] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100, description="items per page")] = 20,
+    current_page: Annotated[int, Query(ge=1, le=limits.MAX_PAGE, description="1-based page")] = 1,
+    per_page: Annotated[
+        int, Query(ge=PER_PAGE.low, le=PER_PAGE.high, description="items per page")
+    ] = limits.PER_PAGE_DEFAULT,
 ) -> Page:
     return Page(current_page, per_page)
 

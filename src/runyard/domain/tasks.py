@@ -12,6 +12,9 @@ from enum import StrEnum
 
 from runyard.domain.errors import Conflict
 
+# Re-exported: declared with every other limit (services/tasks.py imports it from here).
+from runyard.domain.limits import MAX_RUNS_PER_REQUEST as MAX_RUNS_PER_REQUEST
+
 
 class TaskStatus(StrEnum):
     PENDING = "pending"
@@ -87,7 +90,3 @@ class TargetPool(StrEnum):
 class ToolType(StrEnum):
     COMFYUI = "comfyui"
     NERFSTUDIO = "nerfstudio"
-
-
-#: Most runs one batch request may submit.
-MAX_RUNS_PER_REQUEST = 100

@@ -15,18 +15,21 @@ from enum import StrEnum
 from typing import Any
 
 from runyard.domain.errors import BadRequest
-from runyard.domain.tasks import ToolType
+from runyard.domain.limits import (
+    MAX_NODES,
+    MAX_PARAMETERS,
+    MAX_VERSION,
+    PARAM_KEY_MAX,
+    SLUG_MAX,
+    SLUG_MIN,
+)
+from runyard.domain.tasks import DispatchTarget, ToolType
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 _SLUG = re.compile(SLUG_PATTERN)
-_PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
+_PARAM_KEY = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{PARAM_KEY_MAX - 1}}}$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
 _VERSION = re.compile(r"[0-9]{1,10}")
-MAX_VERSION = 2**31 - 1
-
-#: Largest graph accepted, in nodes. (The request body limit bounds its size in bytes.)
-MAX_NODES = 20_000
-MAX_PARAMETERS = 200
 
 
 class WorkflowStatus(StrEnum):
@@ -82,10 +85,10 @@ class ParameterDef:
 
 
 def check_slug(slug: str) -> None:
-    if not 2 <= len(slug) <= 100 or not _SLUG.match(slug):
+    if not SLUG_MIN <= len(slug) <= SLUG_MAX or not _SLUG.match(slug):
         raise BadRequest(
-            "workflow_slug must be 2-100 lowercase letters, digits and single hyphens "
-            "(e.g. sd-portrait-v2)"
+            f"workflow_slug must be {SLUG_MIN}-{SLUG_MAX} lowercase letters, digits and single "
+            "hyphens (e.g. sd-portrait-v2)"
         )
 
 
@@ -321,3 +324,44 @@ def render(
                 raise BadRequest(f"parameter {d.key!r}: target_path is not in the spec")
             parent[leaf] = value
     return rendered
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """Everything a user defines about a workflow (all but id, version and timestamps)."""
+
+    workflow_slug: str
+    display_name: str
+    workflow_json: dict[str, Any]
+    description: str = ""
+    parameters: tuple[ParameterDef, ...] = ()
+    tool_type: ToolType = ToolType.COMFYUI
+    required_labels: tuple[str, ...] = ()
+    task_timeout: int = 0
+    max_retries: int = 0
+    preferred_gpu: str | None = None
+    min_vram_gb: int | None = None
+    required_models: tuple[str, ...] = ()
+    default_dispatch_target: DispatchTarget = DispatchTarget.AGENT
+    workflow_status: WorkflowStatus = WorkflowStatus.ACTIVE
+
+    def validate(self) -> None:
+        check_slug(self.workflow_slug)
+        validate_graph(self.tool_type, self.workflow_json)
+        validate_parameter_defs(self.parameters, self.tool_type, self.workflow_json)
+
+    def settings(self) -> dict[str, Any]:
+        """The fields a snapshot keeps beside the graph and the parameters."""
+        return {
+            "workflow_slug": self.workflow_slug,
+            "display_name": self.display_name,
+            "description": self.description,
+            "tool_type": self.tool_type.value,
+            "required_labels": list(self.required_labels),
+            "task_timeout": self.task_timeout,
+            "max_retries": self.max_retries,
+            "preferred_gpu": self.preferred_gpu,
+            "min_vram_gb": self.min_vram_gb,
+            "required_models": list(self.required_models),
+            "default_dispatch_target": self.default_dispatch_target.value,
+        }

@@ -15,57 +15,15 @@ from runyard.domain.tasks import DispatchTarget, ToolType
 from runyard.domain.workflows import (
     ParameterDef,
     WorkflowStatus,
-    check_slug,
     parse_slug_ref,
-    validate_graph,
-    validate_parameter_defs,
 )
+
+# Re-exported: the spec is pure domain (the wire schemas build it); callers import it here.
+from runyard.domain.workflows import WorkflowSpec as WorkflowSpec
 from runyard.services.auth import TeamScope
 from runyard.store.repos import Page
 from runyard.store.tables import Workflow, WorkflowSnapshot
 from runyard.store.work import WorkRepos
-
-
-@dataclass(frozen=True)
-class WorkflowSpec:
-    """Everything a user defines about a workflow (all but id, version and timestamps)."""
-
-    workflow_slug: str
-    display_name: str
-    workflow_json: dict[str, Any]
-    description: str = ""
-    parameters: tuple[ParameterDef, ...] = ()
-    tool_type: ToolType = ToolType.COMFYUI
-    required_labels: tuple[str, ...] = ()
-    task_timeout: int = 0
-    max_retries: int = 0
-    preferred_gpu: str | None = None
-    min_vram_gb: int | None = None
-    required_models: tuple[str, ...] = ()
-    default_dispatch_target: DispatchTarget = DispatchTarget.AGENT
-    workflow_status: WorkflowStatus = WorkflowStatus.ACTIVE
-
-    def validate(self) -> None:
-        check_slug(self.workflow_slug)
-        validate_graph(self.tool_type, self.workflow_json)
-        validate_parameter_defs(self.parameters, self.tool_type, self.workflow_json)
-
-    def settings(self) -> dict[str, Any]:
-        """The fields a snapshot keeps beside the graph and the parameters."""
-        return {
-            "workflow_slug": self.workflow_slug,
-            "display_name": self.display_name,
-            "description": self.description,
-            "tool_type": self.tool_type.value,
-            "required_labels": list(self.required_labels),
-            "task_timeout": self.task_timeout,
-            "max_retries": self.max_retries,
-            "preferred_gpu": self.preferred_gpu,
-            "min_vram_gb": self.min_vram_gb,
-            "required_models": list(self.required_models),
-            "default_dispatch_target": self.default_dispatch_target.value,
-        }
-
 
 #: Changing only these does not make a new version.
 _NON_VERSIONED = {"workflow_status"}

@@ -8,6 +8,8 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# Re-exported: queries take a ``Page``; it is a domain value the wire schemas use too.
+from runyard.domain.pages import Page as Page
 from runyard.store.tables import (
     Credential,
     DevicePairing,
@@ -21,18 +23,6 @@ from runyard.store.tables import (
 
 #: ``session.info`` flag: this transaction revoked credentials (caches of callers drop theirs).
 REVOKED_INFO = "credentials_revoked"
-
-
-class Page:
-    """Offset pagination as the API exposes it (1-based pages)."""
-
-    def __init__(self, current_page: int = 1, per_page: int = 20) -> None:
-        self.current_page = current_page
-        self.per_page = per_page
-
-    @property
-    def offset(self) -> int:
-        return (self.current_page - 1) * self.per_page
 
 
 class Repos:

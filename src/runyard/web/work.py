@@ -10,8 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 
-from runyard.api.routes.workflows import spec_from
-from runyard.api.work_schemas import WorkflowIn
 from runyard.domain.errors import BadRequest, NotFound, RunyardError
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission
@@ -23,6 +21,7 @@ from runyard.domain.workflows import (
     validate_graph,
     validate_parameter_defs,
 )
+from runyard.schemas.work import WorkflowIn
 from runyard.services import tasks, workflows
 from runyard.services.tasks import RunRequest
 from runyard.services.workflows import WorkflowVersion
@@ -135,7 +134,7 @@ async def import_submit(request: Request) -> Response:
     errors, body = _import_errors(form)
     if body is not None:
         try:
-            row, _created = await workflows.import_workflow(who.ctx, who.scope, spec_from(body))
+            row, _created = await workflows.import_workflow(who.ctx, who.scope, body.to_spec())
         except BadRequest as exc:
             errors["workflow_json"] = exc.message
         else:

@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel
 
 from runyard.api.deps import Ctx, ManagementScope, PageDep, RuntimeScope
-from runyard.api.schemas import PageMeta
+from runyard.schemas.agents import AgentListResponse, AgentOut
+from runyard.schemas.identity import PageMeta
 from runyard.services import agents
 from runyard.services.agents import AgentView
 
 router = APIRouter(tags=["agent"])
 
 AgentId = Annotated[str, Path(max_length=200, description="The agent's id, e.g. gpu-node-01")]
-
-
-class AgentOut(BaseModel):
-    agent_id: str
-    agent_status: str
-    agent_labels: list[str]
-    last_heartbeat: datetime | None
-    agent_version: str
-    tool: str
-    tool_version: str | None
-    comfyui_version: str | None
-    gpu_capacity: int
-    running_count: int
-    running_tasks: list[str]
-    platform_arch: str | None
-    sync_phase: str | None
-    sync_detail: str | None
-    sync_percent: float | None
-    connected_at: datetime | None
-    tasks_completed: int
-    current_task_id: str | None
-    system_stats: dict[str, Any]
-    agent_pools: list[str]
-
-
-class AgentListResponse(BaseModel):
-    agent_list: list[AgentOut]
-    page_meta: PageMeta
 
 
 def agent_out(view: AgentView, request: Request) -> AgentOut:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from runyard.api.deps import CallerDep, Ctx, SessionScope, UserId
-from runyard.api.schemas import (
+from runyard.domain.roles import Role
+from runyard.schemas.identity import (
     FeatureFlags,
     IdResponse,
     LoginRequest,
@@ -20,7 +21,6 @@ from runyard.api.schemas import (
     TokenResponse,
     UserProfile,
 )
-from runyard.domain.roles import Role
 from runyard.services import accounts, credentials
 from runyard.services.accounts import TokenPair
 

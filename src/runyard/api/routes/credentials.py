@@ -8,14 +8,14 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Response
 
 from runyard.api.deps import Ctx, PageDep, SessionScope
-from runyard.api.schemas import (
+from runyard.domain.credentials import CredentialKind
+from runyard.schemas.identity import (
     CredentialCreated,
     CredentialCreateRequest,
     CredentialItem,
     CredentialListResponse,
     PageMeta,
 )
-from runyard.domain.credentials import CredentialKind
 from runyard.services import credentials
 
 router = APIRouter(tags=["credential"])

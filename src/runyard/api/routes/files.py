@@ -13,7 +13,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import RedirectResponse
 
 from runyard.api.deps import Ctx, RuntimeScope
-from runyard.api.file_schemas import (
+from runyard.objects import UploadedPart
+from runyard.schemas.files import (
     MultipartAbortIn,
     MultipartCompleteIn,
     MultipartCompleteOut,
@@ -25,8 +26,7 @@ from runyard.api.file_schemas import (
     PresignIn,
     PresignOut,
 )
-from runyard.api.schemas import SuccessResponse
-from runyard.objects import UploadedPart
+from runyard.schemas.identity import SuccessResponse
 from runyard.services import files, tasks
 
 router = APIRouter()

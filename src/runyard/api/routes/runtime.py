@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse
 
 from runyard.api.deps import Ctx, PageDep, RuntimeScope
 from runyard.api.routes.workflows import workflow_out
-from runyard.api.schemas import PageMeta, SuccessResponse
-from runyard.api.work_schemas import (
+from runyard.domain.errors import BadRequest
+from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
+from runyard.schemas.identity import PageMeta, SuccessResponse
+from runyard.schemas.work import (
     RunAccepted,
     RunIn,
     RunsAccepted,
@@ -22,8 +24,6 @@ from runyard.api.work_schemas import (
     WorkflowListResponse,
     WorkflowOut,
 )
-from runyard.domain.errors import BadRequest
-from runyard.domain.tasks import DispatchTarget, TargetPool, TaskSource, TaskStatus, ToolType
 from runyard.services import files, tasks, workflows
 from runyard.services.auth import CallerKind, TeamScope
 from runyard.services.tasks import RunRequest

@@ -8,7 +8,10 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Response
 
 from runyard.api.deps import Ctx, ManagementScope, PageDep, UserId
-from runyard.api.schemas import (
+from runyard.domain.errors import BadRequest
+from runyard.domain.ids import parse_id
+from runyard.domain.roles import Role
+from runyard.schemas.identity import (
     IdResponse,
     InvitationAccepted,
     InvitationAcceptRequest,
@@ -28,9 +31,6 @@ from runyard.api.schemas import (
     TeamUpdateRequest,
     TransferRequest,
 )
-from runyard.domain.errors import BadRequest
-from runyard.domain.ids import parse_id
-from runyard.domain.roles import Role
 from runyard.services import teams
 
 router = APIRouter()

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, Field, StringConstraints
 
 from runyard.api.deps import Ctx, ManagementScope, PageDep
-from runyard.api.schemas import IdResponse, PageMeta
 from runyard.domain.errors import BadRequest
+from runyard.schemas.identity import IdResponse, PageMeta
+from runyard.schemas.webhooks import (
+    AttemptOut,
+    DeliveryListResponse,
+    DeliveryOut,
+    DeliveryQueued,
+    SecretResponse,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDetail,
+    WebhookItem,
+    WebhookListResponse,
+    WebhookUpdate,
+)
 from runyard.services import webhooks
 from runyard.services.webhooks import DeliveryView
 from runyard.store.tables import Webhook
@@ -20,81 +31,6 @@ router = APIRouter(tags=["webhook"])
 
 WebhookId = Annotated[UUID, Path(description="The webhook's id")]
 DeliveryId = Annotated[UUID, Path(description="The delivery's id (its webhook-id header)")]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
-Events = Annotated[list[Annotated[str, StringConstraints(max_length=50)]], Field(max_length=20)]
-
-
-class WebhookCreate(BaseModel):
-    display_name: Name
-    webhook_url: Url
-    webhook_events: Events = ["task.completed", "task.failed"]
-
-
-class WebhookUpdate(BaseModel):
-    display_name: Name | None = None
-    webhook_url: Url | None = None
-    webhook_events: Events | None = None
-    webhook_status: Literal["active", "disabled"] | None = None
-
-
-class WebhookCreated(BaseModel):
-    id: str
-    webhook_secret: str
-
-
-class WebhookItem(BaseModel):
-    id: str
-    display_name: str
-    webhook_url: str
-    webhook_events: list[str]
-    webhook_status: str
-    created_at: datetime
-    last_delivered_at: datetime | None
-
-
-class WebhookDetail(WebhookItem):
-    webhook_secret: str
-
-
-class WebhookListResponse(BaseModel):
-    webhook_list: list[WebhookItem]
-    page_meta: PageMeta
-
-
-class SecretResponse(BaseModel):
-    webhook_secret: str
-
-
-class AttemptOut(BaseModel):
-    attempt: int
-    attempted_at: datetime
-    status_code: int | None
-    duration_ms: int
-    error: str | None
-
-
-class DeliveryOut(BaseModel):
-    id: str
-    event_type: str
-    task_id: str | None
-    delivery_status: str
-    attempt_count: int
-    next_attempt_at: datetime | None
-    created_at: datetime
-    delivered_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    attempts: list[AttemptOut]
-
-
-class DeliveryListResponse(BaseModel):
-    delivery_list: list[DeliveryOut]
-    page_meta: PageMeta
-
-
-class DeliveryQueued(BaseModel):
-    delivery_id: str
 
 
 def _item(w: Webhook) -> WebhookItem:

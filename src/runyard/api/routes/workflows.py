@@ -8,8 +8,10 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Response
 
 from runyard.api.deps import Ctx, ManagementScope, PageDep
-from runyard.api.schemas import IdResponse, PageMeta, SuccessResponse
-from runyard.api.work_schemas import (
+from runyard.domain.errors import BadRequest
+from runyard.domain.workflows import WorkflowStatus
+from runyard.schemas.identity import IdResponse, PageMeta, SuccessResponse
+from runyard.schemas.work import (
     NULLABLE_UPDATE_FIELDS,
     SnapshotDetail,
     SnapshotItem,
@@ -19,35 +21,14 @@ from runyard.api.work_schemas import (
     WorkflowOut,
     WorkflowUpdate,
 )
-from runyard.domain.errors import BadRequest
-from runyard.domain.workflows import WorkflowStatus
 from runyard.services import workflows
-from runyard.services.workflows import WorkflowSpec, WorkflowVersion
+from runyard.services.workflows import WorkflowVersion
 from runyard.store.tables import WorkflowSnapshot
 
 router = APIRouter(tags=["workflow"])
 
 WorkflowId = Annotated[UUID, Path(description="The workflow's id")]
 SnapshotId = Annotated[UUID, Path(description="The snapshot's id")]
-
-
-def spec_from(body: WorkflowIn) -> WorkflowSpec:
-    return WorkflowSpec(
-        workflow_slug=body.workflow_slug,
-        display_name=body.display_name,
-        workflow_json=body.workflow_json,
-        description=body.description,
-        parameters=tuple(p.to_domain() for p in body.parameters),
-        tool_type=body.tool_type,
-        required_labels=tuple(body.required_labels),
-        task_timeout=body.task_timeout,
-        max_retries=body.max_retries,
-        preferred_gpu=body.preferred_gpu,
-        min_vram_gb=body.min_vram_gb,
-        required_models=tuple(body.required_models),
-        default_dispatch_target=body.default_dispatch_target,
-        workflow_status=body.workflow_status,
-    )
 
 
 def workflow_out(wf: WorkflowVersion, *, with_graph: bool = True) -> WorkflowOut:
@@ -89,14 +70,14 @@ def _snapshot_item(s: WorkflowSnapshot) -> SnapshotItem:
 @router.post("/workflows/import", response_model=IdResponse)
 async def import_workflow(ctx: Ctx, scope: ManagementScope, body: WorkflowIn) -> IdResponse:
     """Create, or overwrite the workflow with this slug as its next version."""
-    row, _created = await workflows.import_workflow(ctx, scope, spec_from(body))
+    row, _created = await workflows.import_workflow(ctx, scope, body.to_spec())
     return IdResponse(id=row.id)
 
 
 @router.post("/workflows", response_model=IdResponse)
 async def create_workflow(ctx: Ctx, scope: ManagementScope, body: WorkflowIn) -> IdResponse:
     """Create a workflow; a slug already used in the team is a 409."""
-    row = await workflows.create_workflow(ctx, scope, spec_from(body))
+    row = await workflows.create_workflow(ctx, scope, body.to_spec())
     return IdResponse(id=row.id)
 
 

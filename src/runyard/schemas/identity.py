@@ -1,4 +1,5 @@
-"""Request and response bodies. Field names follow the Cyberun API."""
+"""Request and response bodies of accounts, teams, invitations, keys and pairing (Cyberun
+field names), and the page metadata every list answer carries."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, EmailStr, Field, StringConstraints
 
+from runyard.domain import limits
 from runyard.domain.credentials import CredentialKind
+from runyard.domain.pages import Page
 from runyard.domain.roles import Role
-from runyard.store.repos import Page
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
-Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.NAME_MAX)
+]
+Password = Annotated[
+    str, StringConstraints(min_length=limits.PASSWORD_MIN, max_length=limits.PASSWORD_MAX)
+]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=limits.TOKEN_MAX)]
+OptionalName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=limits.NAME_MAX)]
 AssignableRole = Literal["admin", "member", "viewer"]
 
 
@@ -39,17 +46,19 @@ class SuccessResponse(BaseModel):
 
 
 class RegisterRequest(BaseModel):
-    email_address: EmailStr = Field(max_length=320)
+    email_address: EmailStr = Field(max_length=limits.EMAIL_MAX)
     user_password: Password
-    first_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] = ""
-    last_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] = ""
-    display_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    first_name: OptionalName = ""
+    last_name: OptionalName = ""
+    display_name: Annotated[
+        str, StringConstraints(strip_whitespace=True, max_length=limits.DISPLAY_NAME_MAX)
+    ] = ""
     invitation_token: Token | None = None
 
 
 class LoginRequest(BaseModel):
-    email_address: Annotated[str, StringConstraints(max_length=320)]
-    user_password: Annotated[str, StringConstraints(max_length=256)]
+    email_address: Annotated[str, StringConstraints(max_length=limits.EMAIL_MAX)]
+    user_password: Annotated[str, StringConstraints(max_length=limits.PASSWORD_MAX)]
 
 
 class RefreshRequest(BaseModel):
@@ -139,7 +148,7 @@ class RoleUpdateRequest(BaseModel):
 
 
 class InvitationCreateRequest(BaseModel):
-    email_address: EmailStr = Field(max_length=320)
+    email_address: EmailStr = Field(max_length=limits.EMAIL_MAX)
     invitation_role: AssignableRole
 
 
@@ -176,7 +185,9 @@ class InvitationAccepted(BaseModel):
 class CredentialCreateRequest(BaseModel):
     kind: CredentialKind
     display_name: Name
-    expires_in_days: Annotated[int, Field(ge=1, le=365)] | None = None
+    expires_in_days: (
+        Annotated[int, Field(ge=limits.KEY_EXPIRY_DAYS.low, le=limits.KEY_EXPIRY_DAYS.high)] | None
+    ) = None
 
 
 class CredentialCreated(BaseModel):
@@ -223,7 +234,5 @@ class PairPollResponse(BaseModel):
 
 
 class PairConfirmRequest(BaseModel):
-    user_code: Annotated[str, StringConstraints(min_length=1, max_length=32)]
-    device_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = (
-        None
-    )
+    user_code: Annotated[str, StringConstraints(min_length=1, max_length=limits.USER_CODE_MAX)]
+    device_name: OptionalName | None = None

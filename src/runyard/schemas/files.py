@@ -7,11 +7,16 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 
-FileKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-UploadId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-FileName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-ContentType = Annotated[str, StringConstraints(min_length=3, max_length=255)]
-Size = Annotated[int, Field(ge=0, le=2**62)]
+from runyard.domain import limits
+
+FileKey = Annotated[str, StringConstraints(min_length=1, max_length=limits.FILE_KEY_MAX)]
+UploadId = Annotated[str, StringConstraints(min_length=1, max_length=limits.FILE_KEY_MAX)]
+FileName = Annotated[str, StringConstraints(min_length=1, max_length=limits.FILE_NAME_MAX)]
+ContentType = Annotated[
+    str,
+    StringConstraints(min_length=limits.CONTENT_TYPE_MIN, max_length=limits.CONTENT_TYPE_MAX),
+]
+Size = Annotated[int, Field(ge=0, le=limits.MAX_FILE_SIZE)]
 
 
 class PresignIn(BaseModel):
@@ -32,7 +37,7 @@ class PresignOut(BaseModel):
 class MultipartInitiateIn(BaseModel):
     #: A ``file_key`` from ``POST /r/files/presign`` (the reference's way) …
     storage_key: FileKey | None = None
-    file_size: Annotated[int, Field(ge=1, le=2**62)]
+    file_size: Annotated[int, Field(ge=1, le=limits.MAX_FILE_SIZE)]
     #: … or a new upload: its name and type.
     file_name: FileName | None = None
     content_type: ContentType | None = None
@@ -50,9 +55,9 @@ class PartLinksIn(BaseModel):
     storage_key: FileKey
     upload_id: UploadId
     #: Which parts to sign (default: all of them).
-    part_numbers: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=10_000)] | None = (
-        None
-    )
+    part_numbers: (
+        Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=limits.MAX_PARTS)] | None
+    ) = None
 
 
 class PartLink(BaseModel):
@@ -73,13 +78,13 @@ class PartLinksOut(BaseModel):
 class UploadedPartIn(BaseModel):
     part_number: Annotated[int, Field(ge=1)]
     #: The ``ETag`` header the store answered the part's PUT with.
-    etag: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    etag: Annotated[str, StringConstraints(min_length=1, max_length=limits.ETAG_MAX)]
 
 
 class MultipartCompleteIn(BaseModel):
     storage_key: FileKey
     upload_id: UploadId
-    parts: Annotated[list[UploadedPartIn], Field(min_length=1, max_length=10_000)]
+    parts: Annotated[list[UploadedPartIn], Field(min_length=1, max_length=limits.MAX_PARTS)]
 
 
 class MultipartCompleteOut(BaseModel):

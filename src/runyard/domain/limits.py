@@ -1,0 +1,123 @@
+"""Every limit a user can hit, declared once.
+
+The wire schemas (``runyard.schemas``), the API's query parameters, the dashboard's forms and
+messages, the CLI and the services all read these names, so a limit changes in one place and
+every surface refuses the same values with the same words. Values here are part of the public
+contract (the OpenAPI document shows them): changing one is an API change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runyard.domain.errors import BadRequest
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An inclusive range of whole numbers a field must fall in, with its one message."""
+
+    field: str
+    low: int
+    high: int
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with a value outside the range (without the field's name)."""
+        return f"must be a whole number from {self.low} to {self.high}"
+
+    @property
+    def message(self) -> str:
+        """The ``error_message`` every surface gives for a value outside the range."""
+        return f"{self.field}: {self.problem}"
+
+    def __contains__(self, value: object) -> bool:
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+        )
+
+    def check(self, value: object) -> int:
+        """``value`` when it is in range; else ``BadRequest`` with :attr:`message`."""
+        if value not in self:
+            raise BadRequest(self.message)
+        assert isinstance(value, int)
+        return value
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+#: A task's ``priority``: higher runs first.
+PRIORITY = IntRange("priority", -1000, 1000)
+#: Most runs one batch request (``POST …/runs``, the dashboard's Runs field) may submit.
+MAX_RUNS_PER_REQUEST = 100
+
+# -- pages ---------------------------------------------------------------------------------------
+
+#: ``per_page`` of every list route.
+PER_PAGE = IntRange("per_page", 1, 100)
+PER_PAGE_DEFAULT = 20
+#: Highest ``current_page`` of the API (and of the dashboard's ``page``).
+MAX_PAGE = 1_000_000
+
+# -- accounts, teams, keys -----------------------------------------------------------------------
+
+#: Team names, key names, device names, first and last names.
+NAME_MAX = 100
+#: A user's display name.
+DISPLAY_NAME_MAX = 200
+EMAIL_MAX = 320
+PASSWORD_MIN = 8
+PASSWORD_MAX = 256
+#: Invitation, refresh and device-code tokens as sent back by clients.
+TOKEN_MAX = 4096
+USER_CODE_MAX = 32
+#: ``expires_in_days`` of a new key.
+KEY_EXPIRY_DAYS = IntRange("expires_in_days", 1, 365)
+
+# -- workflows -----------------------------------------------------------------------------------
+
+SLUG_MIN = 2
+SLUG_MAX = 100
+WORKFLOW_NAME_MAX = 255
+DESCRIPTION_MAX = 2000
+#: Parameters one workflow may define.
+MAX_PARAMETERS = 200
+PARAM_KEY_MAX = 100
+#: Labels, ``preferred_gpu``, ``submitter_region``, node ids.
+LABEL_MAX = 100
+#: ``required_labels`` of one workflow.
+MAX_LABELS = 50
+MAX_REQUIRED_MODELS = 200
+#: Parameter labels, model names, ``accept`` entries, ``source_key``, node input names.
+SHORT_TEXT_MAX = 255
+TARGET_PATH_MAX = 500
+MAX_OPTIONS = 1000
+MAX_ACCEPT = 100
+#: Nodes of one workflow graph.
+MAX_NODES = 20_000
+#: ``task_timeout`` in seconds (0: none).
+TASK_TIMEOUT = IntRange("task_timeout", 0, 7 * 24 * 3600)
+MAX_RETRIES = IntRange("max_retries", 0, 20)
+MIN_VRAM_GB = IntRange("min_vram_gb", 0, 4096)
+#: Workflow versions are a 32-bit column.
+MAX_VERSION = 2**31 - 1
+
+# -- files ---------------------------------------------------------------------------------------
+
+FILE_NAME_MAX = 255
+FILE_KEY_MAX = 1024
+CONTENT_TYPE_MIN = 3
+CONTENT_TYPE_MAX = 255
+MAX_FILE_SIZE = 2**62
+#: Parts of one multipart upload (S3's own limit).
+MAX_PARTS = 10_000
+ETAG_MAX = 200
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+WEBHOOK_NAME_MAX = 255
+WEBHOOK_URL_MAX = 2048
+MAX_WEBHOOK_EVENTS = 20
+EVENT_NAME_MAX = 50

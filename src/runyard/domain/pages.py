@@ -1,0 +1,17 @@
+"""Offset pagination as the API exposes it: 1-based pages of ``per_page`` items."""
+
+from __future__ import annotations
+
+from runyard.domain.limits import PER_PAGE_DEFAULT
+
+
+class Page:
+    """Offset pagination as the API exposes it (1-based pages)."""
+
+    def __init__(self, current_page: int = 1, per_page: int = PER_PAGE_DEFAULT) -> None:
+        self.current_page = current_page
+        self.per_page = per_page
+
+    @property
+    def offset(self) -> int:
+        return (self.current_page - 1) * self.per_page
