@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
+from runyard.domain.limits import PRIORITY
 from runyard.domain.roles import Permission
 from runyard.domain.tasks import (
     MAX_RUNS_PER_REQUEST,
@@ -149,6 +150,8 @@ async def _prepare(
     ctx: ServiceContext, scope: TeamScope, wf: workflows.WorkflowVersion, request: RunRequest
 ) -> _Prepared:
     """Check a run against the workflow and build its task row (nothing stored)."""
+    # Here, not only in the wire schema: the dashboard (and any other caller) comes this way.
+    PRIORITY.check(request.priority)
     spec = wf.spec
     if spec.workflow_status is WorkflowStatus.DISABLED:
         raise Conflict(f"workflow {spec.workflow_slug!r} is disabled")
