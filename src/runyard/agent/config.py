@@ -66,7 +66,10 @@ class AgentSettings(BaseSettings):
     work_dir: str = ""
     #: How often ComfyUI's ``/system_stats`` is read to report ``unhealthy``/``idle``.
     health_interval_seconds: float = Field(default=5.0, ge=0.1, le=3600)
-    #: Run the protocol-level simulated worker instead of driving ComfyUI.
+    #: What runs the attempts: a name in ``runyard.agent.main.RUNNERS`` (``comfyui``,
+    #: ``simulate``). Empty: ``simulate`` when ``simulate`` is on, else ``comfyui``.
+    runner: str = ""
+    #: Run the protocol-level simulated worker instead of driving ComfyUI (``runner: simulate``).
     simulate: bool = False
     behaviour: Behaviour = "succeed"
     run_seconds: float = Field(default=0.0, ge=0)

@@ -21,11 +21,16 @@ honours cancel: it stops and reports ``cancelled``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal, get_args
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from runyard.agent import transfer
-from runyard.agent.client import Reporter, Runner, UploadError
+from runyard.agent.client import GatewayClient, Reporter, Runner, UploadError
 from runyard.protocol.v1 import Dispatch
+
+if TYPE_CHECKING:  # config imports Behaviour from here
+    from runyard.agent.config import AgentSettings
 
 Behaviour = Literal["succeed", "fail", "fail-permanent", "stall", "disconnect", "slow", "no-ack"]
 BEHAVIOURS: tuple[str, ...] = get_args(Behaviour)
@@ -152,3 +157,30 @@ async def _sleep_or_cancel(cancel: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+@contextlib.asynccontextmanager
+async def simulated_agent(settings: AgentSettings, key: str) -> AsyncIterator[GatewayClient]:
+    """The simulated agent: ``--labels`` as they are, ``tool_version`` ``simulated``."""
+    runner = SimulatedRunner(settings.behaviour, settings.run_seconds)
+    yield GatewayClient(
+        settings.gateway,
+        key,
+        runner,
+        agent_id=settings.agent_id,
+        labels=settings.labels,
+        capacity=settings.capacity,
+        pools=settings.pools,
+        tool_version="simulated",
+    )
+
+
+async def check(settings: AgentSettings, echo: Callable[[str], None]) -> int:
+    """``--check`` of the simulated agent: nothing to detect, only the settings it runs with."""
+    echo(f"runner:    simulated ({settings.behaviour}, {settings.run_seconds:g} s per task)")
+    echo(f"labels:    {', '.join(settings.labels) or '(none)'}")
+    echo(f"agent id:  {settings.agent_id}")
+    echo(f"capacity:  {settings.capacity}")
+    echo(f"pools:     {', '.join(settings.pools)}")
+    echo(f"gateway:   {settings.gateway or '(not set)'}")
+    return 0

@@ -26,9 +26,17 @@ def agent(
         typer.Option(
             "--simulate",
             help="Run the simulated worker (no GPU, no ComfyUI): for tests, benchmarks and "
-            "checking a deployment.",
+            "checking a deployment. Same as --runner simulate.",
         ),
     ] = False,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            help="What runs the tasks: comfyui or simulate (env RUNYARD_AGENT_RUNNER).",
+            show_default="comfyui",
+        ),
+    ] = None,
     gateway: Annotated[
         str | None,
         typer.Option(help="Server base URL, http(s)://host:port (env RUNYARD_AGENT_GATEWAY)."),
@@ -88,11 +96,9 @@ def agent(
     ] = None,
 ) -> None:
     """Run an agent that dials out to the gateway and runs tasks."""
-    from pydantic import ValidationError
-
-    from runyard.agent.client import GatewayClient, run_until_signalled
+    # The agent's own modules only: this command must work with the base install.
+    from runyard.agent import main as agent_main
     from runyard.agent.config import ConfigError, load_settings
-    from runyard.agent.simulate import SimulatedRunner
     from runyard.config import LoggerSettings
     from runyard.logging import configure_logging
 
@@ -104,6 +110,7 @@ def agent(
         "labels": labels,
         "pools": pools,
         "capacity": capacity,
+        "runner": runner,
         "behaviour": behaviour,
         "run_seconds": run_seconds,
         "grace_seconds": grace,
@@ -112,49 +119,16 @@ def agent(
     }
     try:
         settings = load_settings(flags, config)
+        if config is not None:
+            _warn_if_key_readable(config, settings.key.get_secret_value())
+        if check:
+            code = asyncio.run(agent_main.check(settings, typer.echo))
+        else:
+            code = asyncio.run(agent_main.run_agent(settings))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if config is not None:
-        _warn_if_key_readable(config, settings.key.get_secret_value())
-    if check:
-        from runyard.agent.comfyui.main import check as check_comfyui
-
-        raise typer.Exit(asyncio.run(check_comfyui(settings, typer.echo)))
-    if not settings.gateway:
-        typer.echo("error: no gateway: pass --gateway URL or set RUNYARD_AGENT_GATEWAY", err=True)
-        raise typer.Exit(2)
-    secret = settings.key.get_secret_value()
-    if not secret.startswith("ak-"):
-        typer.echo(
-            "error: an agent key (ak-…) is needed: pass --key or set RUNYARD_AGENT_KEY", err=True
-        )
-        raise typer.Exit(2)
-    if not settings.simulate:
-        from runyard.agent.comfyui.main import run_agent
-
-        try:
-            code = asyncio.run(run_agent(settings, secret))
-        except (ValueError, ValidationError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        raise typer.Exit(code)
-    runner = SimulatedRunner(settings.behaviour, settings.run_seconds)
-    try:
-        client = GatewayClient(
-            settings.gateway,
-            secret,
-            runner,
-            agent_id=settings.agent_id,
-            labels=settings.labels,
-            capacity=settings.capacity,
-            pools=settings.pools,
-            tool_version="simulated",
-        )
-    except (ValueError, ValidationError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(asyncio.run(run_until_signalled(client, settings.grace_seconds)))
+    raise typer.Exit(code)
 
 
 def _warn_if_key_readable(path: Path, key: str) -> None:

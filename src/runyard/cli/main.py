@@ -9,17 +9,88 @@ Commands live in modules by topic; this one assembles them:
 - ``tasks``: ``run``, ``tasks …``; ``team``: ``agents …``, ``keys …``, ``webhooks …``.
 
 Everything after ``ops``/``agent``/``up`` goes through the SDK (``runyard.client``).
+
+The base install (``pip install runyard`` or ``runyard[agent]``) has what the agent, the SDK
+and the user commands need; the server's packages come with ``runyard[server]``. So this module
+and every command module import only typer, rich and the SDK at the top: the server commands
+import the server inside their bodies, and :func:`needs_server` turns a missing server package
+into one error line naming the extra instead of a traceback.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import importlib.util
+from collections.abc import Callable, Sequence
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from runyard import __version__
 from runyard.cli import agent, auth, dev, ops, tasks, team, up, workflows
 from runyard.cli.common import state
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The top-level modules the server commands import that only ``runyard[server]`` installs.
+SERVER_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "aiosqlite",
+    "asyncpg",
+    "email_validator",
+    "argon2",
+    "jwt",
+    "cryptography",
+    "boto3",
+    "jinja2",
+)
+SERVER_EXTRA = "pip install 'runyard[server]'"
+
+
+def missing_modules(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that cannot be imported here (looked up, not imported)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def needs_server(
+    command: Callable[P, R], modules: Sequence[str] = SERVER_MODULES
+) -> Callable[P, R]:
+    """``command`` that first checks the server's packages are installed: without them it is
+    one ``error:`` line naming ``runyard[server]`` and exit code 1. ``--help`` still works."""
+
+    @functools.wraps(command)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        missing = missing_modules(modules)
+        if missing:
+            typer.echo(
+                f"error: this command needs the server's packages, not installed here "
+                f"(missing: {', '.join(missing)}): {SERVER_EXTRA}",
+                err=True,
+            )
+            raise typer.Exit(1)
+        return command(*args, **kwargs)
+
+    return checked
+
+
+def _server_group(group: typer.Typer, modules: Sequence[str] = SERVER_MODULES) -> typer.Typer:
+    for info in group.registered_commands:
+        if info.callback is not None:
+            info.callback = needs_server(info.callback, modules)
+    return group
+
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -49,12 +120,13 @@ def root(
     state.debug = debug
 
 
-app.command(rich_help_panel="Run Runyard")(up.up)
-app.command(rich_help_panel="Run Runyard")(ops.server)
+app.command(rich_help_panel="Run Runyard")(needs_server(up.up))
+app.command(rich_help_panel="Run Runyard")(needs_server(ops.server))
 app.command(rich_help_panel="Run Runyard")(agent.agent)
-app.add_typer(ops.admin_app, name="admin", rich_help_panel="Run Runyard")
-app.add_typer(ops.db_app, name="db", rich_help_panel="Run Runyard")
-app.add_typer(dev.app, name="dev", rich_help_panel="Run Runyard")
+app.add_typer(_server_group(ops.admin_app), name="admin", rich_help_panel="Run Runyard")
+app.add_typer(_server_group(ops.db_app), name="db", rich_help_panel="Run Runyard")
+# The fake ComfyUI is aiohttp only (ComfyUI itself is an aiohttp server).
+app.add_typer(_server_group(dev.app, ("aiohttp",)), name="dev", rich_help_panel="Run Runyard")
 
 app.command(rich_help_panel="Use Runyard")(auth.login)
 app.command(rich_help_panel="Use Runyard")(auth.logout)

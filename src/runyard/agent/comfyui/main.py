@@ -1,4 +1,5 @@
-"""``runyard agent`` with ComfyUI: detection, ``--check``, and the running agent."""
+"""The ``comfyui`` runner kind: detection, ``--check``, and the agent wired to ComfyUI
+(registered in ``runyard.agent.main.RUNNERS``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from runyard.agent import transfer
-from runyard.agent.client import GatewayClient, run_until_signalled
+from runyard.agent.client import GatewayClient
 from runyard.agent.comfyui.api import ComfyUIUnavailable, Detected, nvidia_smi_present
 from runyard.agent.comfyui.runner import ComfyUIRunner
 from runyard.agent.config import AgentSettings
@@ -79,7 +79,7 @@ def agent_labels(settings: AgentSettings, detected: Detected | None) -> list[str
 @contextlib.asynccontextmanager
 async def comfyui_agent(settings: AgentSettings, key: str) -> AsyncIterator[GatewayClient]:
     """The agent wired up: ComfyUI detected (or not yet), its health watched. The caller runs
-    the yielded client (``run_until_signalled`` in ``runyard agent``).
+    the yielded client (``runyard.agent.main.run_agent``).
 
     An agent started before ComfyUI answers connects with what it could guess (``comfyui``,
     ``gpu`` if ``nvidia-smi`` exists, no version) as ``unhealthy``; once ComfyUI answers, the
@@ -126,10 +126,3 @@ async def comfyui_agent(settings: AgentSettings, key: str) -> AsyncIterator[Gate
                 await watch
     finally:
         await runner.aclose()
-
-
-async def run_agent(settings: AgentSettings, key: str) -> int:
-    """Detect ComfyUI, connect to the gateway, keep ComfyUI's health reported; until a signal."""
-    await transfer.warm_up()
-    async with comfyui_agent(settings, key) as client:
-        return await run_until_signalled(client, settings.grace_seconds)
