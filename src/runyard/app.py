@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,20 +16,22 @@ from runyard import __version__
 from runyard.api.errors import error_response, install_error_handlers
 from runyard.api.routes import api_router
 from runyard.config import Settings
-from runyard.context import NullNotifier, ServiceContext, build_context
-from runyard.events.bus import make_bus
-from runyard.events.hub import TASK_EVENT, EventHub
+from runyard.context import NoEngine, ServiceContext, build_context
+from runyard.engine.engine import Engine
+from runyard.events.bus import WEBHOOK_OUTBOX, make_bus
+from runyard.events.hub import EventHub
 from runyard.gateway.endpoint import router as gateway_router
 from runyard.logging import get_logger
 from runyard.objects.local import OBJECTS_PATH
 from runyard.objects.zerocopy import ZeroCopyMiddleware
 from runyard.observability import LoopMonitor
-from runyard.scheduler.core import Scheduler
 from runyard.services.retention import RetentionSweeper
 from runyard.store import migrate
-from runyard.store.db import BUS_MESSAGES, Database
+from runyard.store.changes import Unheard
+from runyard.store.db import Database
+from runyard.store.engine_store import SqlEngineStore
 from runyard.web import router as web_router
-from runyard.webhooks.deliverer import WEBHOOK_OUTBOX, Deliverer
+from runyard.webhooks.deliverer import Deliverer
 
 log = get_logger("runyard.server")
 
@@ -122,7 +123,7 @@ class _App(FastAPI):
 def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI:
     """Build the app. Pass ``ctx`` to reuse an open database (tests); else one is opened.
 
-    The lifespan starts the bus and the scheduler (dispatcher, reaper, lease renewal) on top of
+    The lifespan starts the bus and the engine (dispatcher, reaper, lease renewal) on top of
     the service context; clients that skip the lifespan (in-process API tests) get the API only.
     """
 
@@ -135,9 +136,16 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             service_ctx = await start_services(settings, owned)
         app.state.ctx = service_ctx
         bus = make_bus(service_ctx.db)
-        scheduler = Scheduler(service_ctx, bus)
-        service_ctx.notifier = scheduler
-        app.state.scheduler = scheduler
+        store = SqlEngineStore(service_ctx.db)
+        engine = Engine(
+            store,
+            bus,
+            settings.scheduler,
+            objects=service_ctx.objects,
+            link_ttl_seconds=settings.storage.link_ttl_seconds,
+            now=service_ctx.now,
+        )
+        app.state.engine = engine
         app.state.events = EventHub(bus)
         deliverer = Deliverer(service_ctx)
         app.state.deliverer = deliverer
@@ -148,31 +156,14 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         bus.subscribe(WEBHOOK_OUTBOX, wake_deliverer)
         sweeper = RetentionSweeper(service_ctx)
         loop_monitor = LoopMonitor(settings.server.loop_stall_threshold_seconds)
-
-        def messages(info: dict[str, Any]) -> list[tuple[str, str]]:
-            # What a write changed, for every replica's streams, deliverers and dispatchers.
-            out = [(TASK_EVENT, task_id) for task_id in info.get("task_events", ())]
-            if info.get("webhook_outbox"):
-                out.append((WEBHOOK_OUTBOX, ""))
-            out.extend(info.get(BUS_MESSAGES, ()))
-            return out
-
-        async def announce(info: dict[str, Any]) -> None:
-            # After each commit (SQLite's local bus).
-            for channel, payload in messages(info):
-                await bus.publish(channel, payload)
-
-        async def announce_in(session: AsyncSession) -> None:
-            # PostgreSQL: NOTIFY inside the transaction, delivered with its commit.
-            await bus.publish_in(session, messages(session.info))
-
-        if bus.transactional:
-            service_ctx.db.before_commit.append(announce_in)
-        else:
-            service_ctx.db.after_commit.append(announce)
+        # What every write transaction changed goes to the engine's publisher, which tells
+        # this server's engine and, through the bus, every server's streams, deliverers and
+        # dispatchers; services reach the engine through the context.
+        service_ctx.db.listener = engine.publisher
+        service_ctx.engine = engine
         try:
             await bus.start()
-            await scheduler.start()
+            await engine.start()
             loop_monitor.start()
             await deliverer.start()
             await sweeper.start()
@@ -180,20 +171,18 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
                 "server_started",
                 database=service_ctx.db.dialect,
                 version=__version__,
-                gateway_id=scheduler.gateway_id,
+                gateway_id=engine.gateway_id,
             )
             yield
         finally:
             await loop_monitor.stop()
-            if bus.transactional:
-                service_ctx.db.before_commit.remove(announce_in)
-            else:
-                service_ctx.db.after_commit.remove(announce)
             await sweeper.stop()
             await deliverer.stop()
-            await scheduler.stop()
+            await engine.stop()
+            await store.stop()
+            service_ctx.db.listener = Unheard()
+            service_ctx.engine = NoEngine()
             await bus.stop()
-            service_ctx.notifier = NullNotifier()
             if owned is not None:
                 await owned.dispose()
             log.info("server_stopped")

@@ -14,32 +14,24 @@ from runyard.objects import ObjectStore, make_object_store
 from runyard.security.passwords import Passwords
 from runyard.security.secrets import SecretBox
 from runyard.security.tokens import TokenSigner
-from runyard.store.db import Database
+from runyard.store.db import Database, Session
 from runyard.store.repos import Repos
 from runyard.store.types import utcnow
 
 SECRET_SETTING = "server_secret_key"
 
 
-class Notifier(Protocol):
-    """How services tell the scheduler about changes, after committing them."""
+class EngineHandle(Protocol):
+    """What services ask of this server's engine (``engine/engine.py``)."""
 
-    async def task_submitted(self, task_id: str) -> None: ...
-
-    async def task_cancelled(
-        self, task_id: str, team_id: str, agent_id: str | None, attempt: int
-    ) -> None: ...
+    async def claim_at_submit(self, session: Session) -> None:
+        """In a submit's transaction: claim its new tasks for idle agents, if any."""
 
 
-class NullNotifier:
-    """For processes without a scheduler (CLI commands); the scheduler's sweep catches up."""
+class NoEngine:
+    """For processes without an engine (CLI commands): the servers' sweeps place the tasks."""
 
-    async def task_submitted(self, task_id: str) -> None:
-        return None
-
-    async def task_cancelled(
-        self, task_id: str, team_id: str, agent_id: str | None, attempt: int
-    ) -> None:
+    async def claim_at_submit(self, session: Session) -> None:
         return None
 
 
@@ -50,7 +42,7 @@ class ServiceContext:
     passwords: Passwords
     signer: TokenSigner
     now: Callable[[], datetime] = field(default=utcnow)
-    notifier: Notifier = field(default_factory=NullNotifier)
+    engine: EngineHandle = field(default_factory=NoEngine)
     #: Encrypts webhook secrets at rest (set by ``build_context``).
     secret_box: SecretBox | None = None
     #: Object storage for inputs and outputs (set by ``build_context``).

@@ -24,6 +24,7 @@ from runyard.agent.comfyui import ComfyUIRunner
 from runyard.app import create_app
 from runyard.config import Settings
 from runyard.context import ServiceContext, build_context
+from runyard.engine.engine import Engine
 from runyard.protocol import v1
 from runyard.store.db import Database
 
@@ -81,8 +82,9 @@ class LiveServer:
         return self.url.replace("http://", "ws://") + "/api/v1/agent/ws"
 
     @property
-    def scheduler(self) -> Any:
-        return self.app.state.scheduler
+    def engine(self) -> Engine:
+        engine: Engine = self.app.state.engine
+        return engine
 
 
 @contextlib.asynccontextmanager

@@ -16,11 +16,10 @@ from runyard.context import ServiceContext
 from runyard.domain.errors import Conflict
 from runyard.gateway.endpoint import CLOSE_RETRY
 from runyard.protocol import v1
-from runyard.scheduler.batch import GroupCommit
 from runyard.services.credentials import CALLER_CACHE_SECONDS
-from runyard.services.tasks import SUBMITTED
 from runyard.store.agents import AgentRepos
-from runyard.store.db import Database
+from runyard.store.batch import GroupCommit
+from runyard.store.db import Database, Session
 from runyard.store.repos import Repos
 from runyard.store.tables import Credential, InstanceSetting
 from runyard.store.work import WorkRepos
@@ -42,8 +41,8 @@ async def output_of(client: httpx.AsyncClient, team: LiveTeam, task_id: str) -> 
 
 def failing(server: LiveServer, kind: type[Any], times: int) -> list[int]:
     """Make the scheduler fail on the next ``times`` frames of ``kind``; returns a counter."""
-    scheduler = server.scheduler
-    original = scheduler.handle
+    engine = server.engine
+    original = engine.handle
     failures = [0]
 
     async def handle(conn: Any, frame: Any) -> None:
@@ -52,7 +51,7 @@ def failing(server: LiveServer, kind: type[Any], times: int) -> list[int]:
             raise RuntimeError("database unreachable")
         await original(conn, frame)
 
-    scheduler.handle = handle
+    engine.handle = handle  # type: ignore[method-assign]
     return failures
 
 
@@ -88,7 +87,7 @@ async def test_a_completion_that_keeps_failing_makes_the_agent_send_it_again(
         assert "complete" in reason
         assert (await team.task(task_id))["task_status"] == "running"
         # The database is back; the agent reconnects, keeps its attempt and resends.
-        server.scheduler.handle = type(server.scheduler).handle.__get__(server.scheduler)
+        del server.engine.handle  # the class's again
         ref = v1.AttemptRef(task_id=task_id, attempt=dispatch.attempt)
         again = await RawAgent.connect(
             server, team.agent_key, "gpu-1", labels=["gpu"], running=[ref]
@@ -104,7 +103,7 @@ async def test_a_task_submitted_while_the_index_is_rebuilt_is_not_lost(
 ) -> None:
     async with api(server) as client:
         team = await live_team(server, client)
-        scheduler = server.scheduler
+        dispatcher = server.engine.dispatcher
         page_read = asyncio.Event()
         release = asyncio.Event()
         original = AgentRepos.waiting_tasks
@@ -116,14 +115,14 @@ async def test_a_task_submitted_while_the_index_is_rebuilt_is_not_lost(
             return rows
 
         monkeypatch.setattr(AgentRepos, "waiting_tasks", slow_page)
-        rebuild = asyncio.create_task(scheduler.reload_waiting())
+        rebuild = asyncio.create_task(dispatcher.reload())
         await asyncio.wait_for(page_read.wait(), 5)
         # The rebuild has read the database; this task is not in what it read.
         task_id = await team.run()
         release.set()
         await rebuild
         monkeypatch.setattr(AgentRepos, "waiting_tasks", original)
-        assert task_id in scheduler.index
+        assert task_id in dispatcher.index
         agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"])
         dispatch = await agent.recv(v1.Dispatch)
         assert dispatch.task_id == task_id
@@ -139,7 +138,7 @@ async def test_frames_of_many_agents_share_transactions(server: LiveServer) -> N
         tasks = [await team.run() for _ in agents]
         dispatches = [await agent.recv(v1.Dispatch) for agent in agents]
         assert sorted(d.task_id for d in dispatches) == sorted(tasks)
-        commits = server.scheduler.commits
+        commits = server.engine.store.commits  # type: ignore[attr-defined]
         before = (commits.batches, commits.jobs)
         await asyncio.gather(*(a.ack(d) for a, d in zip(agents, dispatches, strict=True)))
         for task_id in tasks:
@@ -292,14 +291,22 @@ async def test_a_submit_that_fails_after_claiming_frees_the_agent(server: LiveSe
     async with api(server) as client:
         team = await live_team(server, client)
         agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"], capacity=1)
-        hooks = server.ctx.db.before_commit
+        publisher = server.ctx.db.listener
+        failed: list[bool] = []
 
-        async def fail_once(session: Any) -> None:
-            if SUBMITTED in session.info:  # the submit's transaction, once
-                hooks.remove(fail_once)
-                raise Conflict("the commit failed")
+        class FailingCommit:
+            """The publisher, but the first transaction that claimed fails to commit."""
 
-        hooks.append(fail_once)  # after the scheduler's hook: the claim was made
+            async def before_commit(self, session: Session) -> None:
+                await publisher.before_commit(session)
+                if session.changes.claims and not failed:  # the claim was made
+                    failed.append(True)
+                    raise Conflict("the commit failed")
+
+            after_commit = publisher.after_commit
+            rolled_back = publisher.rolled_back
+
+        server.ctx.db.listener = FailingCommit()
         refused = await client.post(
             "/r/workflows/slug/text-to-image/run",
             headers=team.sk_headers,
@@ -308,6 +315,7 @@ async def test_a_submit_that_fails_after_claiming_frees_the_agent(server: LiveSe
         assert refused.status_code == 409
         # Nothing was stored, and the agent's only slot is free again for the next task.
         task_id = await team.run()
+        server.ctx.db.listener = publisher
         dispatch = await agent.recv(v1.Dispatch)
         assert (dispatch.task_id, dispatch.attempt) == (task_id, 1)
 
@@ -317,19 +325,19 @@ async def test_a_submit_does_not_overtake_work_already_waiting_for_the_agent(
 ) -> None:
     async with api(server) as client:
         team = await live_team(server, client)
-        scheduler = server.scheduler
+        dispatcher = server.engine.dispatcher
 
         async def paused() -> None:
             return None
 
-        monkeypatch.setattr(scheduler, "dispatch_round", paused)  # the dispatcher waits
+        monkeypatch.setattr(dispatcher, "round", paused)  # the dispatcher waits
         first = await team.run()
         agent = await RawAgent.connect(server, team.agent_key, labels=["gpu"], capacity=1)
         # The agent is idle and an older task waits for it: a new one must not jump it.
         second = await team.run()
-        assert second in scheduler.index
+        assert second in dispatcher.index
         monkeypatch.undo()
-        scheduler.wake()
+        dispatcher.wake()
         dispatch = await agent.recv(v1.Dispatch)
         assert dispatch.task_id == first
         await agent.ack(dispatch)

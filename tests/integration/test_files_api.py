@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
 from runyard.protocol import v1
-from runyard.services import files
 from runyard.services.retention import sweep
 from runyard.store.tables import StoredFile, TaskOutput
 from tests.conftest import FakeClock
@@ -28,6 +27,7 @@ from tests.integration.uploads import (
     move,
     presign,
     start_attempt,
+    transfers,
     upload_input,
 )
 
@@ -402,10 +402,12 @@ async def test_output_names_are_checked(accounts: Accounts, ctx: ServiceContext)
         request = v1.UploadRequest(
             task_id=task_id, attempt=1, files=[v1.UploadFile(name=name, size=1)]
         )
-        reply = await files.output_links(ctx, request)
+        reply = await transfers(ctx).upload_links(request)
         assert reply.error and not reply.links, name
     twice = [v1.UploadFile(name="a.png", size=1), v1.UploadFile(name="a.png", size=2)]
-    reply = await files.output_links(ctx, v1.UploadRequest(task_id=task_id, attempt=1, files=twice))
+    reply = await transfers(ctx).upload_links(
+        v1.UploadRequest(task_id=task_id, attempt=1, files=twice)
+    )
     assert reply.error and "twice" in reply.error
     assert await count(ctx, TaskOutput) == 0
 

@@ -24,7 +24,7 @@ async def test_task_runs_on_an_agent_from_dispatch_to_completion(server: LiveSer
                 gpu_devices=[v1.GpuDevice(device_name="NVIDIA GeForce RTX 4090", vram_total=24)]
             ),
         )
-        assert agent.welcome.gateway_id == server.scheduler.gateway_id
+        assert agent.welcome.gateway_id == server.engine.gateway_id
         assert agent.welcome.heartbeat_interval == 0.2
 
         listed = (await client.get("/r/agents", headers=team.sk_headers)).json()
@@ -45,7 +45,7 @@ async def test_task_runs_on_an_agent_from_dispatch_to_completion(server: LiveSer
         running = await team.wait(task_id, "running")
         assert running["started_at"] is not None
         assert running["gpu_type"] == "NVIDIA GeForce RTX 4090"
-        assert running["gateway_id"] == server.scheduler.gateway_id
+        assert running["gateway_id"] == server.engine.gateway_id
         assert running["agent_labels"] == ["comfyui", "gpu"]
         busy = (await client.get("/agents/gpu-node-01", headers=team.owner_headers)).json()
         assert busy["agent_status"] == "busy"

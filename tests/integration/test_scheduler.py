@@ -272,7 +272,7 @@ async def test_two_gateways_never_claim_the_same_task(settings: Settings) -> Non
             outcomes = [a.outcome for a in await attempts_of(one, task_id)]
             assert outcomes.count("completed") == 1, outcomes
         gateways = {(await team.task(t))["gateway_id"] for t in task_ids}
-        assert gateways == {one.scheduler.gateway_id, two.scheduler.gateway_id}
+        assert gateways == {one.engine.gateway_id, two.engine.gateway_id}
 
 
 async def test_community_pool_serves_teams_in_turn(server: LiveServer) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from runyard.config import DatabaseSettings
 from runyard.events.bus import PostgresBus
-from runyard.store.db import Database, add_message
+from runyard.store.db import Database
 from runyard.store.tables import InstanceSetting
 
 
@@ -91,8 +91,7 @@ async def test_bus_messages_leave_with_the_commit_only(db: Database, backend: st
 
     async def send(session_payload: str) -> None:
         async with db.write() as session:
-            add_message(session, "driver_test", session_payload)
-            await bus.publish_in(session, session.info["bus_messages"])
+            await bus.publish_in(session, [("driver_test", session_payload)])
             if session_payload == "rolled back":
                 raise RuntimeError("the write failed")
 

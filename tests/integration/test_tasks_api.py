@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 
 from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
+from runyard.store.changes import Changes
+from runyard.store.db import Session
 from runyard.store.tables import (
     Credential,
     IdempotencyKey,
@@ -120,20 +122,22 @@ async def get_task(account: Account, task_id: str) -> dict[str, Any]:
     return body
 
 
-class RecordingNotifier:
-    """Stands in for the scheduler: records what the services tell it."""
+class RecordingListener:
+    """Stands in for the engine's publisher: records what committed transactions announce."""
 
     def __init__(self) -> None:
         self.submitted: list[str] = []
         self.cancelled: list[tuple[str, str, str | None]] = []
 
-    async def task_submitted(self, task_id: str) -> None:
-        self.submitted.append(task_id)
+    async def before_commit(self, session: Session) -> None:
+        return None
 
-    async def task_cancelled(
-        self, task_id: str, team_id: str, agent_id: str | None, attempt: int
-    ) -> None:
-        self.cancelled.append((task_id, team_id, agent_id))
+    async def after_commit(self, changes: Changes) -> None:
+        self.submitted.extend(t for t, entry in changes.waiting.items() if entry.pending)
+        self.cancelled.extend((s.task_id, s.team_id, s.agent_id) for s in changes.stops)
+
+    def rolled_back(self, changes: Changes) -> None:
+        return None
 
 
 # -- parameter checking ------------------------------------------------------------------------
@@ -544,8 +548,8 @@ async def test_cancelling_a_queued_task_tells_its_agent(
 ) -> None:
     owner = await accounts.signup("alice")
     workflow_id = await import_workflow(owner)
-    notifier = RecordingNotifier()
-    monkeypatch.setattr(ctx, "notifier", notifier)
+    notifier = RecordingListener()
+    monkeypatch.setattr(ctx.db, "listener", notifier)
     queued, pending = await submit(owner, workflow_id), await submit(owner, workflow_id)
     # The scheduler hears of each accepted submission (after it is committed).
     assert notifier.submitted == [queued, pending]
@@ -590,8 +594,8 @@ async def test_deleting_the_team_cancels_its_tasks_and_removes_everything(
     await move(ctx, waiting, TaskStatus.WAITING)
     theirs = await submit(other, other_workflow)
 
-    notifier = RecordingNotifier()
-    monkeypatch.setattr(ctx, "notifier", notifier)
+    notifier = RecordingListener()
+    monkeypatch.setattr(ctx.db, "listener", notifier)
     response = await owner.request("DELETE", f"{API}/teams/current")
     assert response.status_code == 204, response.text
 

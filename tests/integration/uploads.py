@@ -16,10 +16,12 @@ from starlette.types import ASGIApp
 from runyard.api.errors import install_error_handlers
 from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
+from runyard.engine.outputs import Transfers
 from runyard.objects.http import router as objects_router
 from runyard.objects.local import LocalObjectStore
 from runyard.protocol import v1
-from runyard.services import files
+from runyard.store.engine_store import SqlEngineStore
+from runyard.store.files import FileRepos
 from runyard.store.work import WorkRepos
 
 API = "/api/v1"
@@ -81,6 +83,12 @@ def image_workflow(slug: str = "img2img", **extra: Any) -> dict[str, Any]:
 # -- what the gateway and an agent do with outputs (for tests without a live agent) ----------
 
 
+def transfers(ctx: ServiceContext) -> Transfers:
+    """The engine's file handling for attempts, on ``ctx``'s database and object store."""
+    link_ttl = ctx.settings.storage.link_ttl_seconds
+    return Transfers(SqlEngineStore(ctx.db), ctx.objects, link_ttl, ctx.now)
+
+
 async def move(ctx: ServiceContext, task_id: str, status: TaskStatus, **fields: Any) -> None:
     """Change a task's state as the scheduler would (through the transition table)."""
     async with ctx.db.write() as session:
@@ -102,7 +110,7 @@ async def attempt_uploads(
             for name, data in outputs.items()
         ],
     )
-    reply = await files.output_links(ctx, request)
+    reply = await transfers(ctx).upload_links(request)
     assert reply.error is None, reply.error
     entries = []
     for link, data in zip(reply.links, outputs.values(), strict=True):
@@ -120,7 +128,7 @@ async def complete(
 ) -> None:
     """What the scheduler does with a ``complete`` from the task's current attempt."""
     frame = v1.Complete(task_id=task_id, attempt=attempt, output=manifest)
-    prepared = await files.prepare_outputs(ctx, frame)
+    prepared = await transfers(ctx).prepare(frame)
     async with ctx.db.write() as session:
         repos = WorkRepos(session)
         task = await repos.task_for_update(task_id)
@@ -128,7 +136,7 @@ async def complete(
         await repos.change_status(
             task, TaskStatus.COMPLETED, ctx.now(), task_output=prepared.task_output
         )
-        await files.attach_outputs(session, frame, prepared)
+        await FileRepos(session).attach(task_id, attempt, prepared.attached)
 
 
 async def start_attempt(ctx: ServiceContext, task_id: str, attempt: int) -> None:

@@ -48,7 +48,7 @@ def test_the_sdk_does_not_import_the_server() -> None:
     code = (
         "import sys, runyard.client\n"
         "heavy = ('runyard.store', 'runyard.api', 'runyard.services', 'runyard.app',\n"
-        "         'runyard.gateway', 'runyard.scheduler', 'runyard.config', 'sqlalchemy',\n"
+        "         'runyard.gateway', 'runyard.engine', 'runyard.config', 'sqlalchemy',\n"
         "         'fastapi', 'uvicorn', 'typer', 'structlog', 'runyard.cli.')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )

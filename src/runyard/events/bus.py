@@ -26,6 +26,16 @@ log = get_logger("runyard.bus")
 Handler = Callable[[str], Awaitable[None]]
 CHANNEL_PREFIX = "runyard_"
 
+# The channels, all in one place (what each carries: ``engine/publish.py``).
+#: A task has new events (payload: task id): event streams wake up.
+TASK_EVENT = "task_event"
+#: Webhook deliveries were queued: deliverers wake up.
+WEBHOOK_OUTBOX = "webhook_outbox"
+#: A task entered the queue (payload: ``<origin gateway> <task id>``): other servers' dispatchers.
+TASK_READY = "task_ready"
+#: An attempt to stop or a cancelled task (payload: JSON): the server holding the agent.
+AGENT_COMMAND = "agent_command"
+
 
 class Bus:
     """In-process bus (SQLite, tests)."""

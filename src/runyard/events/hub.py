@@ -22,7 +22,7 @@ from typing import Any
 
 from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
-from runyard.events.bus import Bus
+from runyard.events.bus import TASK_EVENT, Bus
 from runyard.logging import get_logger
 from runyard.store.db import Database
 from runyard.store.tables import TaskEvent
@@ -30,7 +30,6 @@ from runyard.store.work import WorkRepos
 
 log = get_logger("runyard.events")
 
-TASK_EVENT = "task_event"
 TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
 KEEP_ALIVE_SECONDS = 15.0
 #: Rows per query.

@@ -1,4 +1,9 @@
-"""The WebSocket agents dial: ``/api/v1/agent/ws`` with ``Authorization: Bearer ak-…``."""
+"""The WebSocket agents dial: ``/api/v1/agent/ws`` with ``Authorization: Bearer ak-…``.
+
+Only the endpoint: it authenticates, reads ``hello``, then moves frames between the socket
+and the engine (``engine.handle``; what the engine sends goes through the connection's
+queue). What an agent holds lives in the engine's registry.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ from pydantic import ValidationError
 
 from runyard.context import ServiceContext
 from runyard.domain.errors import RunyardError
-from runyard.gateway.connection import AgentConnection
+from runyard.engine.engine import Engine
+from runyard.engine.registry import AgentConnection
 from runyard.logging import get_logger
 from runyard.protocol import v1
-from runyard.scheduler.core import Scheduler
 from runyard.services.auth import authenticate_agent
 
 log = get_logger("runyard.gateway")
@@ -42,7 +47,7 @@ def _bearer(websocket: WebSocket) -> str:
 @router.websocket("/api/v1/agent/ws")
 async def agent_socket(websocket: WebSocket) -> None:
     ctx: ServiceContext = websocket.app.state.ctx
-    scheduler: Scheduler = websocket.app.state.scheduler
+    engine: Engine = websocket.app.state.engine
     # Accept first, so a refusal can carry a close code and a reason the agent can log.
     await websocket.accept()
     try:
@@ -72,11 +77,11 @@ async def agent_socket(websocket: WebSocket) -> None:
     conn = AgentConnection(
         team_id=team_id, credential_id=credential_id, hello=hello, connected_at=ctx.now()
     )
-    keep, abort = await scheduler.agent_connected(conn)
+    keep, abort = await engine.agent_connected(conn)
     settings = ctx.settings.scheduler
     conn.send(
         v1.Welcome(
-            gateway_id=scheduler.gateway_id,
+            gateway_id=engine.gateway_id,
             heartbeat_interval=settings.heartbeat_interval_seconds,
             lease_ttl=settings.lease_ttl_seconds,
             keep=keep,
@@ -85,14 +90,14 @@ async def agent_socket(websocket: WebSocket) -> None:
         )
     )
     writer = asyncio.create_task(_write(websocket, conn))
-    reader = asyncio.create_task(_read(websocket, conn, scheduler))
+    reader = asyncio.create_task(_read(websocket, conn, engine))
     try:
         await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (writer, reader):
             task.cancel()
         await asyncio.gather(writer, reader, return_exceptions=True)
-        await scheduler.agent_disconnected(conn)
+        await engine.agent_disconnected(conn)
         with contextlib.suppress(Exception):
             await websocket.close(code=conn.close_code or 1000, reason=conn.close_reason)
 
@@ -106,7 +111,7 @@ async def _write(websocket: WebSocket, conn: AgentConnection) -> None:
         await websocket.send_text(item)
 
 
-async def _read(websocket: WebSocket, conn: AgentConnection, scheduler: Scheduler) -> None:
+async def _read(websocket: WebSocket, conn: AgentConnection, engine: Engine) -> None:
     bad = 0
     while True:
         try:
@@ -127,12 +132,12 @@ async def _read(websocket: WebSocket, conn: AgentConnection, scheduler: Schedule
             # its attempts again. Handling it here could, say, read a heartbeat that no
             # longer lists the attempt whose completion failed as the attempt being lost.
             return
-        await handle_frame(conn, scheduler, frame)
+        await handle_frame(conn, engine, frame)
 
 
-async def handle_frame(conn: AgentConnection, scheduler: Scheduler, frame: v1.Frame) -> None:
+async def handle_frame(conn: AgentConnection, engine: Engine, frame: v1.Frame) -> None:
     kind = str(getattr(frame, "type", "frame"))
-    """Hand one frame to the scheduler; never drop it silently.
+    """Hand one frame to the engine; never drop it silently.
 
     A failure is logged and the frame tried again; if it still fails, a result (the agent
     resends those) closes the connection so the agent reconnects and sends it again, and
@@ -140,7 +145,7 @@ async def handle_frame(conn: AgentConnection, scheduler: Scheduler, frame: v1.Fr
     """
     for attempt, delay in enumerate((*RETRY_DELAYS_SECONDS, None), start=1):
         try:
-            await scheduler.handle(conn, frame)
+            await engine.handle(conn, frame)
             return
         except Exception:
             log.exception(

@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from runyard.context import ServiceContext
 from runyard.domain.credentials import (
@@ -24,7 +24,7 @@ from runyard.services import auth
 from runyard.services.accounts import create_team_in, normalise_email, register
 from runyard.services.auth import Caller, CallerKind, TeamScope
 from runyard.store.db import Database
-from runyard.store.repos import REVOKED_INFO, Page, Repos
+from runyard.store.repos import Page, Repos
 from runyard.store.tables import Credential, DevicePairing
 
 #: Unambiguous characters for user codes (no 0/O, 1/I/L).
@@ -71,14 +71,15 @@ def caller_cache(db: Database) -> CallerCache:
     cache = _caches.get(db)
     if cache is None:
         cache = _caches[db] = CallerCache()
-        created = cache
-
-        async def on_commit(info: dict[str, Any]) -> None:
-            if info.get(REVOKED_INFO):
-                created.clear()
-
-        db.after_commit.append(on_commit)
     return cache
+
+
+def forget_cached_callers(db: Database) -> None:
+    """Call once a revocation committed: the keys stop working through this server at once
+    (other servers' caches expire within ``CALLER_CACHE_SECONDS``)."""
+    cache = _caches.get(db)
+    if cache is not None:
+        cache.clear()
 
 
 async def authenticate_cached(ctx: ServiceContext, token: str) -> Caller:
@@ -181,6 +182,7 @@ async def revoke_credential(ctx: ServiceContext, scope: TeamScope, credential_id
             raise NotFound("credential not found")
         companions = await repos.companions_of(row.id)
         await repos.revoke_credentials([row.id, *companions], ctx.now())
+    forget_cached_callers(ctx.db)
 
 
 async def revoke_device(ctx: ServiceContext, caller: Caller) -> None:
@@ -191,6 +193,7 @@ async def revoke_device(ctx: ServiceContext, caller: Caller) -> None:
         repos = Repos(session)
         companions = await repos.companions_of(caller.credential_id)
         await repos.revoke_credentials([caller.credential_id, *companions], ctx.now())
+    forget_cached_callers(ctx.db)
 
 
 # -- desktop pairing -------------------------------------------------------------------------
@@ -413,3 +416,21 @@ async def bootstrap(
         not owned,
         agent.raw_key if agent is not None else None,
     )
+
+
+async def bootstrap_still_valid(
+    ctx: ServiceContext, email: str, team_id: str, keys: Sequence[str]
+) -> bool:
+    """Whether a bootstrap made earlier (``runyard up``'s ``bootstrap.json``) still holds in
+    this database: ``email`` is a member of ``team_id`` and every key is an active key of it."""
+    async with ctx.db.read() as session:
+        repos = Repos(session)
+        user = await repos.user_by_email(normalise_email(email))
+        if user is None or await repos.membership(team_id, user.id) is None:
+            return False
+        now = ctx.now()
+        for key in keys:
+            row = await repos.credential_by_hash(hash_secret(key)) if key else None
+            if row is None or row.team_id != team_id or key_status(row, now) != "active":
+                return False
+    return True

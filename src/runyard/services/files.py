@@ -1,5 +1,6 @@
-"""Files: input uploads (single and multipart), the inputs of a dispatch, attempt outputs,
-task results with fresh signed links.
+"""Files: input uploads (single and multipart), the inputs a task names, task results with
+fresh signed links. (The files of attempts — dispatch inputs, output upload links, the
+``complete`` manifest — are the engine's: ``engine/outputs.py``.)
 
 Nothing here moves file bytes: callers get signed links and talk to the object store
 directly. Every key is built by :mod:`runyard.objects.keys`; every query is in
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,16 +34,13 @@ from runyard.objects import (
 from runyard.objects.keys import (
     TASKS_PREFIX,
     BadName,
-    attempt_prefix,
     check_content_type,
     check_file_name,
     input_key,
     input_prefix,
-    output_key,
 )
-from runyard.protocol import v1
 from runyard.services.auth import TeamScope
-from runyard.store.files import Attached, FileRepos
+from runyard.store.files import FileRepos
 from runyard.store.tables import StoredFile, Task, TaskOutput
 
 log = get_logger("runyard.files")
@@ -50,8 +48,6 @@ log = get_logger("runyard.files")
 MIB = 1024 * 1024
 #: S3's limit on the number of parts of one multipart upload.
 MAX_PARTS = 10_000
-#: How each output kind is counted in ``task_output`` (``image_count`` as in the reference).
-_COUNT_NAMES = {"images": "image", "gifs": "gif", "videos": "video", "meshes": "mesh"}
 
 
 def objects(ctx: ServiceContext) -> ObjectStore:
@@ -348,170 +344,6 @@ async def record_task_inputs(
     """In the submit transaction: which file each ``file`` parameter of the task names."""
     if inputs:
         await FileRepos(session).add_task_inputs(task_id, inputs)
-
-
-def may_have_inputs(task: Task) -> bool:
-    """Cheap pre-check before a dispatch looks for file parameters."""
-    return any(isinstance(v, str) and v.startswith("inputs/") for v in task.parameters.values())
-
-
-async def dispatch_inputs(ctx: ServiceContext, task: Task) -> dict[str, str]:
-    """Parameter key → a fresh signed download link, for the dispatch of an attempt."""
-    if not may_have_inputs(task):
-        return {}
-    async with ctx.db.read() as session:
-        rows = await FileRepos(session).task_inputs(task.id)
-    links: dict[str, str] = {}
-    for param, row, key in rows:
-        if row is None:
-            log.warning("task_input_missing", task_id=task.id, file_key=key)
-            continue
-        link = await objects(ctx).presign_get(
-            key, ttl=_ttl(ctx), content_type=row.content_type, file_name=row.file_name
-        )
-        links[param] = link.url
-    return links
-
-
-# -- outputs of attempts -----------------------------------------------------------------------
-
-
-async def output_links(ctx: ServiceContext, frame: v1.UploadRequest) -> v1.UploadLinks:
-    """Links for an attempt's outputs under ``tasks/<task_id>/<attempt>/``. The caller has
-    checked that the attempt is the task's current one (fencing)."""
-    reply: dict[str, Any] = {
-        "task_id": frame.task_id,
-        "attempt": frame.attempt,
-        "request_id": frame.request_id,
-    }
-    specs: list[tuple[v1.UploadFile, str, str]] = []
-    seen: set[str] = set()
-    try:
-        for f in frame.files:
-            key = output_key(frame.task_id, frame.attempt, f.name)
-            content_type = check_content_type(f.content_type)
-            if key in seen:
-                raise BadName(f"name {f.name!r} is listed twice")
-            seen.add(key)
-            specs.append((f, key, content_type))
-    except BadName as exc:
-        return v1.UploadLinks(**reply, error=str(exc))
-    now = ctx.now()
-    async with ctx.db.write() as session:
-        repos = FileRepos(session)
-        for f, key, content_type in specs:
-            await repos.record_output(
-                TaskOutput(
-                    task_id=frame.task_id,
-                    attempt=frame.attempt,
-                    storage_key=key,
-                    name=f.name,
-                    content_type=content_type,
-                    size=f.size,
-                    created_at=now,
-                )
-            )
-    links = []
-    for f, key, content_type in specs:
-        link = await objects(ctx).presign_put(
-            key, size=f.size, content_type=content_type, ttl=_ttl(ctx)
-        )
-        links.append(
-            v1.UploadLink(
-                name=f.name,
-                key=key,
-                url=link.url,
-                headers=link.headers,
-                expires_at=_iso(link.expires_at),
-            )
-        )
-    return v1.UploadLinks(**reply, links=links)
-
-
-@dataclass(frozen=True)
-class PreparedOutput:
-    """What a ``complete`` frame's manifest becomes, checked against what the attempt was
-    given links for and what is in storage; attached inside the completing transaction."""
-
-    task_output: dict[str, Any]
-    attached: list[Attached] = field(default_factory=list)
-
-
-def _count_name(kind: str) -> str:
-    return f"{_COUNT_NAMES.get(kind, kind)}_count"
-
-
-async def prepare_outputs(ctx: ServiceContext, frame: v1.Complete) -> PreparedOutput:
-    """Only files this attempt got links for and really uploaded are kept; the rest of the
-    manifest passes through. A manifest without an ``outputs`` list is kept as it is."""
-    manifest = dict(frame.output)
-    listed = manifest.get("outputs")
-    if not isinstance(listed, list):
-        return PreparedOutput(manifest)
-    async with ctx.db.read() as session:
-        issued = await FileRepos(session).attempt_outputs(frame.task_id, frame.attempt)
-    present = (
-        {
-            o.key: o.size
-            for o in await objects(ctx).list_prefix(attempt_prefix(frame.task_id, frame.attempt))
-        }
-        if issued
-        else {}
-    )
-    outputs: list[dict[str, Any]] = []
-    attached: list[Attached] = []
-    counts: dict[str, int] = {"image_count": 0}
-    dropped = 0
-    for entry in listed:
-        key = entry.get("storage_key") if isinstance(entry, dict) else None
-        row = issued.get(key) if isinstance(key, str) else None
-        if row is None or row.storage_key not in present:
-            dropped += 1
-            continue
-        assert isinstance(entry, dict)
-        node_id = str(entry.get("node_id") or "")[:100]
-        kind = str(entry.get("kind") or "files")[:50]
-        file_name = entry.get("file_name") or entry.get("filename") or row.name
-        outputs.append(
-            {
-                "node_id": node_id,
-                "kind": kind,
-                "file_name": str(file_name)[:255],
-                "content_type": row.content_type,
-                "size": present[row.storage_key],
-                "storage_key": row.storage_key,
-            }
-        )
-        attached.append(Attached(row.storage_key, len(attached), node_id, kind))
-        counts[_count_name(kind)] = counts.get(_count_name(kind), 0) + 1
-    if dropped:
-        log.warning(
-            "outputs_dropped",
-            task_id=frame.task_id,
-            attempt=frame.attempt,
-            dropped=dropped,
-            detail="listed in the manifest without an upload link of this attempt, or missing",
-        )
-    passthrough = {
-        k: v
-        for k, v in manifest.items()
-        if k not in ("outputs", "storage_key") and not k.endswith("_count")
-    }
-    task_output = {
-        "storage_key": outputs[0]["storage_key"] if outputs else None,
-        **counts,
-        **passthrough,
-        "outputs": outputs,
-    }
-    return PreparedOutput(task_output, attached)
-
-
-async def attach_outputs(
-    session: AsyncSession, frame: v1.Complete, prepared: PreparedOutput
-) -> None:
-    """In the transaction that completes the task (so only the winning attempt's files)."""
-    if prepared.attached:
-        await FileRepos(session).attach(frame.task_id, frame.attempt, prepared.attached)
 
 
 # -- results -----------------------------------------------------------------------------------

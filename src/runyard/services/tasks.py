@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.context import ServiceContext
+from runyard.domain.attempts import Stop
 from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.limits import PRIORITY
@@ -36,14 +36,12 @@ from runyard.domain.workflows import (
 from runyard.objects.keys import input_prefix
 from runyard.services import files, workflows
 from runyard.services.auth import CallerKind, TeamScope
+from runyard.store.db import Session
 from runyard.store.repos import Page
 from runyard.store.tables import IdempotencyKey, Task
 from runyard.store.work import WorkRepos
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-#: ``session.info`` key: the tasks a transaction submitted. The scheduler of this process
-#: (an ``after_commit`` hook) indexes them from memory instead of reading them back.
-SUBMITTED = "submitted_tasks"
 
 
 @dataclass(frozen=True)
@@ -213,8 +211,8 @@ async def _store(
     runs: Sequence[_Prepared],
     idempotency: tuple[str, str] | None,
 ) -> None:
-    """Insert prepared runs, each with its first event, in one transaction; then tell the
-    scheduler. ``idempotency``: (key, request hash) to remember for a single run."""
+    """Insert prepared runs, each with its first event, in one transaction, and hand them to
+    the engine in it. ``idempotency``: (key, request hash) to remember for a single run."""
     async with ctx.db.write() as session:
         repos = WorkRepos(session)
         await repos.insert_tasks([run.task for run in runs])
@@ -237,7 +235,6 @@ async def _store(
                 for run in runs
             ]
         )
-        session.info.setdefault(SUBMITTED, []).extend(run.task for run in runs)
         if idempotency is not None:
             key, request_hash = idempotency
             now = runs[0].task.created_at
@@ -252,8 +249,9 @@ async def _store(
                     expires_at=now + IDEMPOTENCY_TTL,
                 )
             )
-    for run in runs:
-        await ctx.notifier.task_submitted(run.task.id)
+        # The new tasks are in this transaction's changes (``insert_tasks``): an idle agent
+        # of this server may claim them in it; the rest are announced as it commits.
+        await ctx.engine.claim_at_submit(session)
 
 
 #: Live workflow versions by (id, version): a version's content never changes, so an entry
@@ -324,37 +322,26 @@ async def get_task(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
     return task
 
 
-@dataclass(frozen=True)
-class Cancelled:
-    """A task just cancelled, for telling its agent (if it had one) once committed."""
-
-    task_id: str
-    team_id: str
-    agent_id: str | None
-    attempt: int
-
-
-async def _cancel_locked(repos: WorkRepos, task: Task, now: datetime) -> Cancelled | None:
+async def _cancel_locked(repos: WorkRepos, task: Task, now: datetime) -> bool:
+    """Cancel a locked task that has not ended; its agent (if it had one) is told to stop
+    and every dispatcher drops it once this commits."""
     if TaskStatus(task.task_status).is_terminal:
-        return None
+        return False
+    agent_id, attempt = task.agent_id, task.attempt
     await repos.change_status(task, TaskStatus.CANCELLED, now)
-    return Cancelled(task.id, task.team_id, task.agent_id, task.attempt)
+    repos.session.changes.stops.append(Stop(task.id, task.team_id, agent_id, attempt, "cancelled"))
+    return True
 
 
-async def cancel_team_tasks(session: AsyncSession, team_id: str, now: datetime) -> list[Cancelled]:
-    """Cancel every unfinished task of a team (the team is being deleted)."""
+async def cancel_team_tasks(session: Session, team_id: str, now: datetime) -> int:
+    """Cancel every unfinished task of a team (the team is being deleted); how many."""
     repos = WorkRepos(session)
-    cancelled: list[Cancelled] = []
+    cancelled = 0
     for task_id in await repos.active_task_ids_of_team(team_id):
         task = await repos.task_for_update(task_id)
-        if task is not None and (done := await _cancel_locked(repos, task, now)) is not None:
-            cancelled.append(done)
+        if task is not None and await _cancel_locked(repos, task, now):
+            cancelled += 1
     return cancelled
-
-
-async def notify_cancelled(ctx: ServiceContext, cancelled: Sequence[Cancelled]) -> None:
-    for c in cancelled:
-        await ctx.notifier.task_cancelled(c.task_id, c.team_id, c.agent_id, c.attempt)
 
 
 async def cancel(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
@@ -368,7 +355,5 @@ async def cancel(ctx: ServiceContext, scope: TeamScope, task_id: str) -> Task:
         task = await repos.task_for_update(task_id)
         if task is None or task.team_id != scope.team_id:
             raise NotFound("task not found")
-        done = await _cancel_locked(repos, task, ctx.now())
-    if done is not None:
-        await notify_cancelled(ctx, [done])
+        await _cancel_locked(repos, task, ctx.now())
     return task

@@ -13,8 +13,9 @@ from runyard.domain.ids import new_id
 from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services.accounts import create_team_in, normalise_email
 from runyard.services.auth import TeamScope
+from runyard.services.credentials import forget_cached_callers
 from runyard.services.files import record_team_purge
-from runyard.services.tasks import cancel_team_tasks, notify_cancelled
+from runyard.services.tasks import cancel_team_tasks
 from runyard.store.repos import Page, Repos
 from runyard.store.tables import Invitation, Membership, Team, User
 
@@ -83,12 +84,13 @@ async def delete_team(ctx: ServiceContext, scope: TeamScope) -> None:
     scope.require(Permission.OWN_TEAM)
     async with ctx.db.write() as session:
         repos = Repos(session)
-        # Unfinished work is cancelled first (agents are told to abort), then everything goes.
-        cancelled = await cancel_team_tasks(session, scope.team_id, ctx.now())
+        # Unfinished work is cancelled first (agents are told to abort as this commits),
+        # then everything goes.
+        await cancel_team_tasks(session, scope.team_id, ctx.now())
         await repos.revoke_team_credentials(scope.team_id, ctx.now())
         await record_team_purge(session, scope.team_id, ctx.now())
         await repos.delete_team(scope.team_id)
-    await notify_cancelled(ctx, cancelled)
+    forget_cached_callers(ctx.db)
 
 
 async def leave_team(ctx: ServiceContext, scope: TeamScope) -> None:

@@ -161,7 +161,7 @@ async def redeliver(
         delivery.delivery_status = "pending"
         delivery.attempts_in_round = 0
         delivery.next_attempt_at = ctx.now()
-        session.info["webhook_outbox"] = True
+        session.changes.outbox = True
         return delivery
 
 
@@ -191,5 +191,5 @@ async def ping(ctx: ServiceContext, scope: TeamScope, webhook_id: str) -> Webhoo
             created_at=now,
         )
         await repos.add(delivery)
-        session.info["webhook_outbox"] = True
+        session.changes.outbox = True
         return delivery

@@ -20,9 +20,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from runyard.domain.attempts import AgentKey, Claimed, WaitingTask
 from runyard.domain.tasks import TaskStatus
+from runyard.store.db import Session
 from runyard.store.repos import Page
 from runyard.store.tables import Agent, Credential, Gateway, Task, TaskAttempt, TaskEvent
 
@@ -169,35 +170,6 @@ INSERT_ATTEMPT = insert(_attempts)
 
 
 @dataclass(frozen=True)
-class WaitingRow:
-    """The columns of a waiting task the scheduler's index needs (no graph, no parameters)."""
-
-    id: str
-    team_id: str
-    task_status: str
-    target_pool: str
-    required_labels: list[str]
-    priority: int
-    created_at: datetime
-    not_before: datetime | None
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A task just moved to ``queued`` by a claim: what its ``dispatch`` frame needs."""
-
-    id: str
-    team_id: str
-    attempt: int
-    event_seq: int
-    workflow_id: str
-    tool_type: str
-    workflow_json: dict[str, Any]
-    parameters: dict[str, Any]
-    task_timeout: int
-
-
-@dataclass(frozen=True)
 class Transitioned:
     """A task changed by a single ``UPDATE … RETURNING``."""
 
@@ -207,7 +179,7 @@ class Transitioned:
 
 
 def _waiting_rows() -> Select[str, str, str, str, list[str], int, datetime, datetime | None]:
-    """The waiting index's columns of tasks (see ``WaitingRow``)."""
+    """The waiting index's columns of tasks (see ``WaitingTask``)."""
     return select(
         Task.id,
         Task.team_id,
@@ -220,8 +192,30 @@ def _waiting_rows() -> Select[str, str, str, str, list[str], int, datetime, date
     )
 
 
+def _waiting(
+    task_id: str,
+    team_id: str,
+    status: str,
+    pool: str,
+    labels: list[str],
+    priority: int,
+    created_at: datetime,
+    not_before: datetime | None,
+) -> WaitingTask:
+    return WaitingTask(
+        task_id=task_id,
+        team_id=team_id,
+        pool=pool,
+        labels=frozenset(labels),
+        priority=priority,
+        created_at=created_at,
+        not_before=not_before,
+        pending=status == TaskStatus.PENDING.value,
+    )
+
+
 class AgentRepos:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     # -- gateways ------------------------------------------------------------------------
@@ -353,7 +347,7 @@ class AgentRepos:
         task_id: str,
         now: datetime,
         *,
-        agent_id: str,
+        agent: AgentKey,
         agent_labels: list[str],
         gateway_id: str,
         gpu_type: str | None,
@@ -371,7 +365,7 @@ class AgentRepos:
             {
                 "p_id": task_id,
                 "p_now": now,
-                "p_agent": agent_id,
+                "p_agent": agent.agent_id,
                 "p_labels": agent_labels,
                 "p_gateway": gateway_id,
                 "p_gpu": gpu_type,
@@ -379,12 +373,26 @@ class AgentRepos:
             },
         )
         row = result.first()
-        return None if row is None else Claimed(*row)
+        if row is None:
+            return None
+        task_id, team_id, attempt, seq, workflow_id, tool_type, graph, params, timeout = row
+        return Claimed(
+            id=task_id,
+            team_id=team_id,
+            attempt=attempt,
+            event_seq=seq,
+            workflow_id=workflow_id,
+            tool_type=tool_type,
+            workflow_json=graph,
+            parameters=params,
+            task_timeout=timeout,
+            agent=agent,
+        )
 
     async def record_claims(
-        self, claims: Sequence[tuple[Claimed, str, str]], now: datetime, timestamp: str
+        self, claims: Sequence[Claimed], gateway_id: str, now: datetime, timestamp: str
     ) -> None:
-        """The ``queued`` events and ``task_attempts`` rows of claims: (claim, agent, gateway)."""
+        """The ``queued`` events and ``task_attempts`` rows of claims."""
         if not claims:
             return
         await self.session.execute(
@@ -398,12 +406,12 @@ class AgentRepos:
                         "task_id": c.id,
                         "status": TaskStatus.QUEUED.value,
                         "timestamp": timestamp,
-                        "agent_id": agent_id,
+                        "agent_id": c.agent.agent_id,
                         "attempt": c.attempt,
                     },
                     "created_at": now,
                 }
-                for c, agent_id, _ in claims
+                for c in claims
             ],
         )
         await self.session.execute(
@@ -412,14 +420,14 @@ class AgentRepos:
                 {
                     "task_id": c.id,
                     "attempt": c.attempt,
-                    "agent_id": agent_id,
+                    "agent_id": c.agent.agent_id,
                     "gateway_id": gateway_id,
                     "dispatched_at": now,
                 }
-                for c, agent_id, gateway_id in claims
+                for c in claims
             ],
         )
-        self.session.info.setdefault("task_events", set()).update(c.id for c, _, _ in claims)
+        self.session.changes.events.update(c.id for c in claims)
 
     async def mark_waiting(
         self, task_ids: Sequence[str], now: datetime, timestamp: str, reason: str
@@ -451,7 +459,7 @@ class AgentRepos:
                     for task_id, seq in moved
                 ],
             )
-            self.session.info.setdefault("task_events", set()).update(t for t, _ in moved)
+            self.session.changes.events.update(t for t, _ in moved)
         return [t for t, _ in moved]
 
     async def start_attempt(
@@ -602,7 +610,7 @@ class AgentRepos:
     async def attempt(self, task_id: str, attempt: int) -> TaskAttempt | None:
         return await self.session.get(TaskAttempt, (task_id, attempt))
 
-    async def waiting_tasks(self, limit: int, after: str = "") -> list[WaitingRow]:
+    async def waiting_tasks(self, limit: int, after: str = "") -> list[WaitingTask]:
         """One page (by id) of the tasks waiting for an agent: only the index's columns."""
         result = await self.session.execute(
             _waiting_rows()
@@ -614,9 +622,9 @@ class AgentRepos:
             .order_by(Task.id)
             .limit(limit)
         )
-        return [WaitingRow(*row) for row in result.all()]
+        return [_waiting(*row) for row in result.all()]
 
-    async def waiting_task(self, task_id: str) -> WaitingRow | None:
+    async def waiting_task(self, task_id: str) -> WaitingTask | None:
         """The index's columns of one task, if it waits for an agent."""
         row = (
             await self.session.execute(
@@ -627,7 +635,7 @@ class AgentRepos:
                 )
             )
         ).first()
-        return None if row is None else WaitingRow(*row)
+        return None if row is None else _waiting(*row)
 
     async def expired_leases(self, now: datetime, limit: int = 200) -> Sequence[Task]:
         result = await self.session.execute(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
 
 from runyard.config import DatabaseSettings
 from runyard.store import sqlite_inline
+from runyard.store.changes import Changes, CommitListener, Unheard
 
 _write_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_write", default=False)
 #: The databases whose in-process SQLite write lock this task holds (a nested write must not
@@ -34,18 +35,13 @@ _holds_lock: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
     "runyard_lock", default=frozenset()
 )
 
-#: ``session.info`` key: ``(channel, payload)`` bus messages a write transaction wants sent
-#: (see :func:`add_message`).
-BUS_MESSAGES = "bus_messages"
 
+class Session(AsyncSession):
+    """A session that carries its transaction's change record (see ``store/changes.py``)."""
 
-def add_message(session: AsyncSession, channel: str, payload: str) -> None:
-    """Ask for a bus message to go out with this transaction's commit (never without it).
-
-    On PostgreSQL it travels as a ``NOTIFY`` inside the transaction (delivered at commit,
-    dropped on rollback); on SQLite it is delivered locally after the commit.
-    """
-    session.info.setdefault(BUS_MESSAGES, []).append((channel, payload))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changes = Changes()
 
 
 def async_url(url: str) -> URL:
@@ -85,18 +81,10 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             self._tune_sqlite()
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        #: Called after each committed write transaction with its ``session.info``: how
-        #: repositories announce what they wrote (task events, webhook outbox rows) once it is
-        #: durable, never before.
-        self.after_commit: list[Callable[[dict[str, Any]], Awaitable[None]]] = []
-        #: Called at the end of each write transaction, in it, just before its commit (not
-        #: when it fails): on PostgreSQL the bus sends its ``NOTIFY`` here, so they leave
-        #: with the commit and cost no connection of their own.
-        self.before_commit: list[Callable[[AsyncSession], Awaitable[None]]] = []
-        #: Called with the ``session.info`` of a write transaction that did not commit (its
-        #: body, a ``before_commit`` hook or the commit raised): undo what a hook reserved.
-        self.after_rollback: list[Callable[[dict[str, Any]], None]] = []
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, class_=Session)
+        #: Who hears what write transactions changed (their ``Changes``): the server's
+        #: publisher (``engine/publish.py``); nobody in CLI processes.
+        self.listener: CommitListener = Unheard()
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -130,7 +118,7 @@ class Database:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if _write_mode.get() else "BEGIN")
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    async def read(self) -> AsyncIterator[Session]:
         """A session for reads; rolled back at the end."""
         async with self._sessions() as session:
             yield session
@@ -153,14 +141,14 @@ class Database:
         return self._lock
 
     @asynccontextmanager
-    async def write(
-        self, *, deferred: list[dict[str, Any]] | None = None
-    ) -> AsyncIterator[AsyncSession]:
+    async def write(self, *, deferred: list[Changes] | None = None) -> AsyncIterator[Session]:
         """A short write transaction: committed on success, rolled back on any error.
 
-        ``deferred``: instead of running the ``after_commit`` hooks, append what they would
-        get to this list; the caller runs them later with :meth:`announce` (the group commit
-        does, so announcing one batch never holds up the next).
+        The listener hears of its changes just before the commit and once it committed (or,
+        if it did not, that it rolled back). ``deferred``: instead of the after-commit call,
+        append the changes to this list; the caller passes them on later with
+        :meth:`announce` (the group commit does, so announcing one batch never holds up
+        the next).
         """
         lock = self._write_lock()
         if lock is not None:
@@ -171,36 +159,31 @@ class Database:
             _holds_lock.get() | {id(self)} if lock is not None else _holds_lock.get()
         )
         token = _write_mode.set(True)
-        info: dict[str, Any] = {}
-        pending: dict[str, Any] | None = None
+        changes: Changes | None = None
         try:
             async with self._sessions() as session:
-                pending = session.info
+                changes = session.changes
                 async with session.begin():
                     yield session
-                    for before in self.before_commit:
-                        await before(session)
-                info = dict(session.info)
+                    await self.listener.before_commit(session)
         except BaseException:
-            if pending:
-                for undo in self.after_rollback:
-                    undo(pending)
+            if changes:
+                self.listener.rolled_back(changes)
             raise
         finally:
             _write_mode.reset(token)
             _holds_lock.reset(held)
             if lock is not None:
                 lock.release()
-        if info:
+        if changes:
             if deferred is not None:
-                deferred.append(info)
+                deferred.append(changes)
             else:
-                await self.announce(info)
+                await self.announce(changes)
 
-    async def announce(self, info: dict[str, Any]) -> None:
-        """Run the ``after_commit`` hooks for a committed transaction's ``session.info``."""
-        for hook in self.after_commit:
-            await hook(info)
+    async def announce(self, changes: Changes) -> None:
+        """Tell the listener about a committed transaction's changes."""
+        await self.listener.after_commit(changes)
 
     async def ping(self) -> None:
         from sqlalchemy import text

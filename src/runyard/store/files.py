@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.domain.tasks import TERMINAL
+from runyard.engine.port import Attach
 from runyard.store.tables import StoragePurge, StoredFile, Task, TaskInput, TaskOutput
 from runyard.store.types import UTCDateTime
 
 _TERMINAL = [s.value for s in TERMINAL]
-
-
-@dataclass(frozen=True)
-class Attached:
-    """An output of the attempt that completed its task, in manifest order."""
-
-    storage_key: str
-    position: int
-    node_id: str
-    kind: str
 
 
 class FileRepos:
@@ -100,7 +90,7 @@ class FileRepos:
         )
         return {row.storage_key: row for row in rows.scalars()}
 
-    async def attach(self, task_id: str, attempt: int, outputs: Sequence[Attached]) -> None:
+    async def attach(self, task_id: str, attempt: int, outputs: Sequence[Attach]) -> None:
         for out in outputs:
             await self.session.execute(
                 update(TaskOutput)

@@ -21,9 +21,6 @@ from runyard.store.tables import (
     User,
 )
 
-#: ``session.info`` flag: this transaction revoked credentials (caches of callers drop theirs).
-REVOKED_INFO = "credentials_revoked"
-
 
 class Repos:
     """All identity queries, bound to one session (one transaction)."""
@@ -185,7 +182,6 @@ class Repos:
         return rows, total
 
     async def revoke_credentials(self, ids: Sequence[str], now: datetime) -> None:
-        self.session.info[REVOKED_INFO] = True
         await self.session.execute(
             update(Credential)
             .where(Credential.id.in_(ids), Credential.revoked_at.is_(None))
@@ -193,7 +189,6 @@ class Repos:
         )
 
     async def revoke_team_credentials(self, team_id: str, now: datetime) -> None:
-        self.session.info[REVOKED_INFO] = True
         await self.session.execute(
             update(Credential)
             .where(Credential.team_id == team_id, Credential.revoked_at.is_(None))

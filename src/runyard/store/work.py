@@ -7,11 +7,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from runyard.domain.attempts import TaskState, WaitingTask
 from runyard.domain.ids import new_id
 from runyard.domain.tasks import TaskStatus, check_transition
 from runyard.domain.webhooks import EVENT_FOR_STATUS, task_body
+from runyard.store.db import Session
 from runyard.store.repos import Page
 from runyard.store.tables import (
     IdempotencyKey,
@@ -35,8 +36,39 @@ _HEAD_BY_ID = _HEAD.where(Workflow.id == bindparam("key"))
 _HEAD_BY_SLUG = _HEAD.where(Workflow.workflow_slug == bindparam("key"))
 
 
+def waiting_entry(task: Task) -> WaitingTask:
+    """The dispatcher's view of a task waiting for an agent."""
+    return WaitingTask(
+        task_id=task.id,
+        team_id=task.team_id,
+        pool=task.target_pool,
+        labels=frozenset(task.required_labels),
+        priority=task.priority,
+        created_at=task.created_at,
+        not_before=task.not_before,
+        pending=task.task_status == TaskStatus.PENDING.value,
+    )
+
+
+def task_state(task: Task) -> TaskState:
+    """What the fencing and retry rules read of a task."""
+    return TaskState(
+        id=task.id,
+        team_id=task.team_id,
+        status=TaskStatus(task.task_status),
+        attempt=task.attempt,
+        agent_id=task.agent_id,
+        target_pool=task.target_pool,
+        retry_count=task.retry_count,
+        max_retries=task.max_retries,
+        task_timeout=task.task_timeout,
+        lease_expires_at=task.lease_expires_at,
+        deadline_at=task.deadline_at,
+    )
+
+
 class WorkRepos:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     async def add(self, row: object) -> None:
@@ -131,6 +163,10 @@ class WorkRepos:
             for task in tasks
         ]
         await self.session.execute(_INSERT_TASK, rows)
+        # New tasks for agents: the dispatchers index them once this commits.
+        for task in tasks:
+            if task.dispatch_target == "agent":
+                self.session.changes.waiting[task.id] = waiting_entry(task)
 
     async def task_for_update(self, task_id: str) -> Task | None:
         """Load a task and lock its row (PostgreSQL) for a status change."""
@@ -183,8 +219,7 @@ class WorkRepos:
         )
         self.session.add(event)
         await self.session.flush()
-        # Announced once the transaction commits (see Database.after_commit).
-        self.session.info.setdefault("task_events", set()).add(task.id)
+        self.session.changes.events.add(task.id)
         return event
 
     async def change_status(
@@ -262,7 +297,7 @@ class WorkRepos:
         ]
         if deliveries:
             await self.session.execute(insert(WebhookDelivery), deliveries)
-            self.session.info["webhook_outbox"] = True
+            self.session.changes.outbox = True
 
     async def insert_event(
         self, task_id: str, seq: int, event_type: str, payload: dict[str, Any], now: datetime
@@ -285,7 +320,7 @@ class WorkRepos:
             for task_id, seq, event_type, payload, created_at in events
         ]
         await self.session.execute(_INSERT_EVENT, rows)
-        self.session.info.setdefault("task_events", set()).update(e[0] for e in events)
+        self.session.changes.events.update(e[0] for e in events)
 
     async def task_status(self, task_id: str) -> str | None:
         """The task's status, or None when it does not exist (any team)."""

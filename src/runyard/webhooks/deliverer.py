@@ -26,7 +26,6 @@ from runyard.webhooks.urls import check_destination
 log = get_logger("runyard.webhooks")
 
 #: Bus channel: "the outbox has new due deliveries".
-WEBHOOK_OUTBOX = "webhook_outbox"
 #: A claimed delivery is not claimed again for this long (beyond the request timeout).
 CLAIM_SECONDS = 30.0
 BATCH = 100

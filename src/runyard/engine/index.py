@@ -15,26 +15,9 @@ import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from runyard.domain.attempts import WaitingTask
+
 GroupKey = tuple[str, str, frozenset[str]]  # (pool, team_id, labels)
-
-
-@dataclass(frozen=True)
-class WaitingTask:
-    task_id: str
-    team_id: str
-    pool: str
-    labels: frozenset[str]
-    priority: int
-    created_at: datetime
-    not_before: datetime | None = None
-
-    @property
-    def group(self) -> GroupKey:
-        return (self.pool, self.team_id, self.labels)
-
-    @property
-    def rank(self) -> tuple[int, datetime, str]:
-        return (-self.priority, self.created_at, self.task_id)
 
 
 @dataclass
@@ -67,6 +50,9 @@ class WaitingIndex:
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._members
+
+    def get(self, task_id: str) -> WaitingTask | None:
+        return self._members.get(task_id)
 
     def add(self, task: WaitingTask, now: datetime) -> None:
         """Add (or replace) a task. Tasks with a future ``not_before`` wait in a delay heap."""

@@ -20,15 +20,14 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from runyard.logging import get_logger
-from runyard.store.db import Database
+from runyard.store.changes import Changes
+from runyard.store.db import Database, Session
 
-log = get_logger("runyard.scheduler")
+log = get_logger("runyard.store")
 
 T = TypeVar("T")
-Job = Callable[[AsyncSession], Awaitable[Any]]
+Job = Callable[[Session], Awaitable[Any]]
 
 
 class GroupCommit:
@@ -45,7 +44,7 @@ class GroupCommit:
         self.batches = 0
         self.jobs = 0
 
-    async def run(self, job: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run(self, job: Callable[[Session], Awaitable[T]]) -> T:
         """Run ``job`` in the next shared write transaction; its result once committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((job, future))
@@ -67,7 +66,7 @@ class GroupCommit:
         while self._queue:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            deferred: list[dict[str, Any]] = []
+            deferred: list[Changes] = []
             try:
                 results: list[Any] = []
                 async with self._db.write(deferred=deferred) as session:
@@ -85,14 +84,14 @@ class GroupCommit:
                     future.set_result(result)
             # Announce what the batch wrote (NOTIFY on PostgreSQL: round trips) without
             # holding up the next batch.
-            for info in deferred:
-                announcing = asyncio.create_task(self._announce(info))
+            for changes in deferred:
+                announcing = asyncio.create_task(self._announce(changes))
                 self._announcing.add(announcing)
                 announcing.add_done_callback(self._announcing.discard)
 
-    async def _announce(self, info: dict[str, Any]) -> None:
+    async def _announce(self, changes: Changes) -> None:
         try:
-            await self._db.announce(info)
+            await self._db.announce(changes)
         except Exception:
             log.exception("group_commit_announce_failed")
 

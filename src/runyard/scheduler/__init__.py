@@ -1,1 +1,0 @@
-"""Dispatch of tasks to agents: the waiting-task index, claims, leases, retries, timeouts."""
