@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runyard.domain.errors import RunyardError, Unauthorized
 from runyard.logging import get_logger
+from runyard.schemas.errors import describe_errors
 
 log = get_logger("runyard.api")
 
@@ -24,31 +25,7 @@ def error_response(
 
 def describe_validation_error(exc: RequestValidationError) -> str:
     """One readable line per problem, e.g. ``per_page: must be <= 100``."""
-    parts: list[str] = []
-    for error in exc.errors()[:5]:
-        kind = error.get("type", "")
-        loc = [p for p in error.get("loc", ()) if p != "body"]
-        # ``runs[1].priority``: list indexes as a reader writes them.
-        where = "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" if i else str(p) for i, p in enumerate(loc)
-        )
-        if kind == "json_invalid":
-            parts.append("malformed JSON body")
-            continue
-        if kind == "missing" and not loc:
-            parts.append("request body is required")
-            continue
-        if not loc and kind in ("model_attributes_type", "dict_type"):
-            parts.append("request body must be a JSON object (Content-Type: application/json)")
-            continue
-        message = str(error.get("msg", "invalid value"))
-        if where in ("query", "path", "header"):
-            where = ""
-        for prefix in ("query.", "path.", "header."):
-            if where.startswith(prefix):
-                where = where[len(prefix) :]
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts) or "invalid request"
+    return describe_errors(exc.errors())
 
 
 def install_error_handlers(app: FastAPI) -> None:

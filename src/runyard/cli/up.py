@@ -12,7 +12,7 @@ import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,7 @@ from runyard.cli.userconfig import write_private
 
 if TYPE_CHECKING:
     from runyard.config import Settings
+    from runyard.context import ServiceContext
 
 BOOTSTRAP_FILE = "bootstrap.json"
 OWNER_EMAIL = "owner@runyard.local"
@@ -46,25 +47,12 @@ def _read_bootstrap(path: Path) -> dict[str, str] | None:
     return {k: str(v) for k, v in data.items() if isinstance(v, str)}
 
 
-async def _still_valid(ctx: Any, stored: dict[str, str]) -> bool:
+async def _still_valid(ctx: ServiceContext, stored: dict[str, str]) -> bool:
     """The stored owner, team membership and both keys exist in this database and work."""
-    from runyard.domain.credentials import hash_secret
-    from runyard.services.accounts import normalise_email
-    from runyard.services.credentials import key_status
-    from runyard.store.repos import Repos
+    from runyard.services.credentials import bootstrap_still_valid
 
-    team_id = stored.get("team_id", "")
-    async with ctx.db.read() as session:
-        repos = Repos(session)
-        user = await repos.user_by_email(normalise_email(stored["email"]))
-        if user is None or await repos.membership(team_id, user.id) is None:
-            return False
-        for name in ("api_key", "agent_key"):
-            key = stored.get(name, "")
-            row = await repos.credential_by_hash(hash_secret(key)) if key else None
-            if row is None or row.team_id != team_id or key_status(row, ctx.now()) != "active":
-                return False
-    return True
+    keys = [stored.get("api_key", ""), stored.get("agent_key", "")]
+    return await bootstrap_still_valid(ctx, stored["email"], stored.get("team_id", ""), keys)
 
 
 async def prepare(settings: Settings, server_url: str) -> tuple[dict[str, str], str]:

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from runyard.domain.credentials import CredentialKind
 from runyard.domain.errors import Forbidden, RunyardError
+from runyard.domain.pages import Page
 from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services import credentials, teams, webhooks
-from runyard.store.repos import Page
 from runyard.web.render import PageRoute, page, redirect
 from runyard.web.session import Viewer, posted_form, resource_id, viewer
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from runyard.domain.errors import NotFound, RunyardError, Unauthorized
+from runyard.domain.pages import Page
 from runyard.domain.roles import Role
 from runyard.services import agents, auth, credentials, web_sessions
 from runyard.services.auth import Surface
-from runyard.store.repos import Page
 from runyard.web.render import HERE, PageRoute, error_page, page, redirect
 from runyard.web.session import (
     LOGIN_COOKIE,

@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from runyard.api.errors import describe_validation_error
 from runyard.domain.errors import RunyardError, Unauthorized
+from runyard.schemas.errors import describe_errors
 from runyard.services import web_sessions
 from runyard.web.session import (
     Account,
@@ -128,6 +128,6 @@ class PageRoute(APIRoute):
             except RunyardError as exc:
                 return error_page(exc.status_code, exc.message)
             except RequestValidationError as exc:
-                return error_page(400, describe_validation_error(exc))
+                return error_page(400, describe_errors(exc.errors()))
 
         return wrapped

@@ -1,1 +1,4 @@
-"""Webhook delivery: the outbox deliverer, URL safety checks, secrets at rest."""
+"""Webhook delivery: the outbox deliverer and URL safety checks.
+
+(Secrets at rest are in ``security/secrets.py``.)
+"""
