@@ -92,15 +92,18 @@ def bootstrap(
     """Create (or reuse) a user as owner of a team and print a new integration key once."""
     from runyard.app import start_services
     from runyard.domain.errors import RunyardError
+    from runyard.domain.limits import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN
     from runyard.services.credentials import bootstrap as run_bootstrap
     from runyard.store.db import Database
 
     settings = _settings(data_dir)
-    if len(password) < 8:
-        typer.echo("error: the password needs at least 8 characters", err=True)
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        typer.echo(
+            f"error: the password needs {PASSWORD_MIN} to {PASSWORD_MAX} characters", err=True
+        )
         raise typer.Exit(2)
-    if not team_name.strip() or len(team_name) > 100:
-        typer.echo("error: --team-name needs 1 to 100 characters", err=True)
+    if not team_name.strip() or len(team_name) > NAME_MAX:
+        typer.echo(f"error: --team-name needs 1 to {NAME_MAX} characters", err=True)
         raise typer.Exit(2)
 
     async def run() -> dict[str, str]:

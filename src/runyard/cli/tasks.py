@@ -34,6 +34,7 @@ from runyard.cli.common import (
     with_client,
 )
 from runyard.client import DownloadProgress, Runyard, Task, TaskEvent, TaskResult, UploadProgress
+from runyard.domain.limits import MAX_RUNS_PER_REQUEST, PRIORITY
 
 app = typer.Typer(no_args_is_help=True, help="Tasks: list, show, cancel, watch, result.")
 
@@ -226,7 +227,8 @@ def run(
     out_dir: OutOpt = None,
     timeout: TimeoutOpt = None,
     priority: Annotated[
-        int | None, typer.Option(help="-1000…1000; higher runs first.", show_default="0")
+        int | None,
+        typer.Option(help=f"{PRIORITY.low}…{PRIORITY.high}; higher runs first.", show_default="0"),
     ] = None,
     idempotency_key: Annotated[
         str | None,
@@ -237,8 +239,8 @@ def run(
         typer.Option(
             "--count",
             min=1,
-            help="Submit this many runs with the same parameters (100 per request); prints "
-            "one task id a line. Not with --wait, --out or --idempotency-key.",
+            help=f"Submit this many runs with the same parameters ({MAX_RUNS_PER_REQUEST} per "
+            "request); prints one task id a line. Not with --wait, --out or --idempotency-key.",
         ),
     ] = 1,
     as_json: JsonOpt = False,

@@ -48,7 +48,7 @@ from runyard.client.models import (
     Webhook,
     Workflow,
 )
-from runyard.domain.tasks import MAX_RUNS_PER_REQUEST
+from runyard.domain.limits import MAX_RUNS_PER_REQUEST, PRIORITY
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -299,9 +299,16 @@ def _workflow_route(ref: str, by_id: Route, by_slug: Route) -> tuple[Route, dict
     return by_slug, {"workflowSlug": ref}
 
 
+def check_priority(priority: int | None) -> None:
+    """Refuse an out-of-range priority before any upload, with the server's own message."""
+    if priority is not None and priority not in PRIORITY:
+        raise RunyardError(0, PRIORITY.message)
+
+
 def _run_body(
     parameters: Mapping[str, Any] | None, priority: int | None, target_pool: str | None
 ) -> dict[str, Any]:
+    check_priority(priority)
     body: dict[str, Any] = {"parameters": dict(parameters or {})}
     if priority is not None:
         body["priority"] = priority
@@ -365,6 +372,7 @@ def runs_flow(
 ) -> Generator[Step, Any, list[str]]:
     """Upload the runs' files, then submit the runs ``MAX_RUNS_PER_REQUEST`` at a time, in
     order; returns every task id. Each request is all or nothing, the whole list is not."""
+    check_priority(priority)
     resolved = yield from many_parameters_flow(parameter_sets, threshold)
     ids: list[str] = []
     for start in range(0, len(resolved), MAX_RUNS_PER_REQUEST):

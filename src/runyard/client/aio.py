@@ -349,6 +349,7 @@ class AsyncRunyard(_core.ClientBase):
     ) -> str:
         """Submit a run of a workflow (id, slug or ``slug@version``); returns the task id.
         ``pathlib.Path`` values are uploaded first (``upload_file``) and sent as file keys."""
+        _core.check_priority(priority)
         call = _core.run(
             workflow,
             await self._with_uploads(parameters, upload_progress),

@@ -335,6 +335,7 @@ class Runyard(_core.ClientBase):
     ) -> str:
         """Submit a run of a workflow (id, slug or ``slug@version``); returns the task id.
         ``pathlib.Path`` values are uploaded first (``upload_file``) and sent as file keys."""
+        _core.check_priority(priority)
         call = _core.run(
             workflow,
             self._with_uploads(parameters, upload_progress),

@@ -12,8 +12,10 @@ from pydantic import ValidationError
 
 from runyard.domain.errors import BadRequest, NotFound, RunyardError
 from runyard.domain.ids import parse_id
+from runyard.domain.limits import MAX_PAGE, MAX_RUNS_PER_REQUEST, PRIORITY
+from runyard.domain.pages import Page
 from runyard.domain.roles import Permission
-from runyard.domain.tasks import MAX_RUNS_PER_REQUEST, TaskStatus, ToolType
+from runyard.domain.tasks import TaskStatus, ToolType
 from runyard.domain.workflows import (
     ParameterDef,
     ParamType,
@@ -25,7 +27,6 @@ from runyard.schemas.work import WorkflowIn
 from runyard.services import tasks, workflows
 from runyard.services.tasks import RunRequest
 from runyard.services.workflows import WorkflowVersion
-from runyard.store.repos import Page
 from runyard.web.render import PageRoute, page, redirect
 from runyard.web.session import Viewer, posted_form, resource_id, viewer
 
@@ -36,6 +37,7 @@ IMPORT_FIELDS = ("workflow_slug", "display_name", "description", "workflow_json"
 _QUOTED = re.compile(r"'([^']+)'")
 _RUN_INDEX = re.compile(r"^runs\[\d+\]: ")
 _DIGITS = re.compile(r"[0-9]{1,3}")
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
 
 
 def _page_number(value: int) -> Page:
@@ -51,7 +53,7 @@ def _pages(total: int) -> int:
 
 @router.get("/workflows")
 async def workflow_list(
-    request: Request, page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1
+    request: Request, page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1
 ) -> Response:
     who = await viewer(request)
     rows, total = await workflows.list_workflows(who.ctx, who.scope, _page_number(page_no))
@@ -163,6 +165,7 @@ async def _workflow_page(
     errors: dict[str, str] | None = None,
     form_error: str | None = None,
     count_error: str | None = None,
+    priority_error: str | None = None,
     notice: str | None = None,
 ) -> Response:
     snaps, _ = await workflows.list_snapshots(who.ctx, who.scope, wf.id, Page(1, 100))
@@ -179,6 +182,8 @@ async def _workflow_page(
         form_error=form_error,
         count_error=count_error,
         max_runs=MAX_RUNS_PER_REQUEST,
+        priority_error=priority_error,
+        priority=PRIORITY,
         notice=notice,
         title=wf.spec.display_name,
     )
@@ -245,6 +250,18 @@ def _run_count(form: dict[str, str]) -> int | None:
     return count if 1 <= count <= MAX_RUNS_PER_REQUEST else None
 
 
+def _priority(form: dict[str, str]) -> int | None:
+    """The run's priority (empty: 0); None when not a whole number in ``PRIORITY``, which
+    the page then reports with the API's own message (never clamped to something else)."""
+    raw = form.get("priority", "").strip()
+    if raw == "":
+        return 0
+    if not _INTEGER.fullmatch(raw):  # int() would also take "1_0" and "+5"
+        return None
+    value = int(raw)
+    return value if value in PRIORITY else None
+
+
 @router.post("/workflows/{workflow_id}/run")
 async def run_submit(request: Request, workflow_id: str) -> Response:
     who = await viewer(request)
@@ -265,13 +282,10 @@ async def run_submit(request: Request, workflow_id: str) -> Response:
     count_error = None
     if count is None:
         count_error = f"Runs must be a whole number from 1 to {MAX_RUNS_PER_REQUEST}."
+    priority = _priority(form)
+    priority_error = PRIORITY.message if priority is None else None
     form_error = None
-    if not errors and count is not None:
-        try:
-            priority = int(form.get("priority") or 0)
-        except ValueError:
-            priority = 0
-        priority = max(-100, min(100, priority))
+    if not errors and count is not None and priority is not None:
         try:
             if count == 1:
                 task_id = await tasks.submit(
@@ -305,6 +319,7 @@ async def run_submit(request: Request, workflow_id: str) -> Response:
         errors=errors,
         form_error=form_error,
         count_error=count_error,
+        priority_error=priority_error,
     )
 
 
@@ -359,7 +374,7 @@ async def _workflow_name(who: Viewer, workflow: str | None, names: dict[str, str
 async def task_list(
     request: Request,
     status: Annotated[str, Query(max_length=20)] = "",
-    page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+    page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1,
     submitted: Annotated[int | None, Query(ge=1, le=MAX_RUNS_PER_REQUEST)] = None,
     workflow: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Response:
