@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runyard.domain.limits import PER_PAGE_DEFAULT
+from runyard.domain.limits import PER_PAGE, PER_PAGE_DEFAULT
 
 
 class Page:
@@ -15,3 +15,8 @@ class Page:
     @property
     def offset(self) -> int:
         return (self.current_page - 1) * self.per_page
+
+
+def first_page() -> Page:
+    """The first page at the largest ``per_page`` a list route allows (the dashboard's lists)."""
+    return Page(1, PER_PAGE.high)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from runyard.domain.credentials import CredentialKind
 from runyard.domain.errors import Forbidden, RunyardError
-from runyard.domain.pages import Page
+from runyard.domain.pages import first_page
 from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
 from runyard.services import credentials, teams, webhooks
 from runyard.web.render import PageRoute, page, redirect
@@ -40,16 +40,16 @@ async def _access_page(
     values: dict[str, Any] = {"keys": None, "members": [], "invitations": [], "hooks": None}
     now = who.ctx.now()
     if who.can(Permission.MANAGE_CREDENTIALS):
-        rows, _ = await credentials.list_credentials(who.ctx, who.scope, None, Page(1, 100))
+        rows, _ = await credentials.list_credentials(who.ctx, who.scope, None, first_page())
         values["keys"] = [
             {"row": r, "status": credentials.key_status(r, now)}
             for r in rows
             if r.kind in ("integration", "agent", "device")
         ]
-    values["members"], _ = await teams.list_members(who.ctx, who.scope, Page(1, 100))
-    values["invitations"], _ = await teams.list_invitations(who.ctx, who.scope, Page(1, 100))
+    values["members"], _ = await teams.list_members(who.ctx, who.scope, first_page())
+    values["invitations"], _ = await teams.list_invitations(who.ctx, who.scope, first_page())
     if who.can(Permission.MANAGE_WEBHOOKS):
-        values["hooks"], _ = await webhooks.list_webhooks(who.ctx, who.scope, Page(1, 100))
+        values["hooks"], _ = await webhooks.list_webhooks(who.ctx, who.scope, first_page())
     return page(
         "access.html",
         who,
@@ -201,7 +201,7 @@ async def _webhook_page(
     who: Viewer, webhook_id: str, *, notice: str | None = None, new_secret: str | None = None
 ) -> Response:
     hook = await webhooks.get_webhook(who.ctx, who.scope, webhook_id)
-    deliveries, total = await webhooks.list_deliveries(who.ctx, who.scope, hook.id, Page(1, 100))
+    deliveries, total = await webhooks.list_deliveries(who.ctx, who.scope, hook.id, first_page())
     return page(
         "webhook.html",
         who,

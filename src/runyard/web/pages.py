@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from runyard.domain.errors import NotFound, RunyardError, Unauthorized
-from runyard.domain.pages import Page
+from runyard.domain.pages import first_page
 from runyard.domain.roles import Role
 from runyard.services import agents, auth, credentials, web_sessions
 from runyard.services.auth import Surface
@@ -149,7 +149,7 @@ async def switch_team(request: Request) -> Response:
 @router.get("/agents")
 async def agents_page(request: Request) -> Response:
     who = await viewer(request)
-    views, total = await agents.list_agents(who.ctx, who.scope, Page(1, 100))
+    views, total = await agents.list_agents(who.ctx, who.scope, first_page())
     return page("agents.html", who, nav="agents", agents=views, total=total, title="Agents")
 
 

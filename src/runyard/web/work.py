@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from runyard.domain.errors import BadRequest, NotFound, RunyardError
 from runyard.domain.ids import parse_id
 from runyard.domain.limits import MAX_PAGE, MAX_RUNS_PER_REQUEST, PRIORITY
-from runyard.domain.pages import Page
+from runyard.domain.pages import Page, first_page
 from runyard.domain.roles import Permission
 from runyard.domain.tasks import TaskStatus, ToolType
 from runyard.domain.workflows import (
@@ -168,7 +168,7 @@ async def _workflow_page(
     priority_error: str | None = None,
     notice: str | None = None,
 ) -> Response:
-    snaps, _ = await workflows.list_snapshots(who.ctx, who.scope, wf.id, Page(1, 100))
+    snaps, _ = await workflows.list_snapshots(who.ctx, who.scope, wf.id, first_page())
     return page(
         "workflow.html",
         who,
@@ -387,7 +387,7 @@ async def task_list(
             raise BadRequest(f"unknown task status {status!r}") from None
     rows, total = await tasks.list_tasks(who.ctx, who.scope, _page_number(page_no), wanted)
     names: dict[str, str] = {}
-    wf_rows, _ = await workflows.list_workflows(who.ctx, who.scope, Page(1, 100))
+    wf_rows, _ = await workflows.list_workflows(who.ctx, who.scope, first_page())
     for wf in wf_rows:
         names[wf.id] = wf.spec.display_name
     notice = None
