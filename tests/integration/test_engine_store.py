@@ -27,11 +27,11 @@ from runyard.domain.attempts import (
 )
 from runyard.domain.ids import new_id
 from runyard.domain.tasks import TaskStatus
-from runyard.engine.memory import MemoryStore
-from runyard.engine.port import AgentInfo, AttemptRef, EngineStore, Pick
 from runyard.store.changes import Changes
 from runyard.store.db import Database, Session
 from runyard.store.engine_store import SqlEngineStore
+from runyard.store.memory import MemoryStore
+from runyard.store.port import AgentInfo, AttemptRef, EngineStore, Pick
 from runyard.store.tables import Task, Team, User
 from runyard.store.work import WorkRepos
 from tests.conftest import database_url

@@ -16,10 +16,10 @@ import pytest
 from runyard.config import SchedulerSettings
 from runyard.domain.tasks import TaskStatus
 from runyard.engine.engine import Engine
-from runyard.engine.memory import MemoryStore, MemoryTask
 from runyard.engine.registry import AgentConnection
 from runyard.events.bus import Bus
 from runyard.protocol import v1
+from runyard.store.memory import MemoryStore, MemoryTask
 
 TEAM = "team-a"
 

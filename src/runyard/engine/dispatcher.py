@@ -20,10 +20,10 @@ from runyard.config import SchedulerSettings
 from runyard.domain.attempts import Claimed, WaitingTask
 from runyard.engine.index import WaitingIndex
 from runyard.engine.outputs import Transfers
-from runyard.engine.port import EngineStore, Pick
 from runyard.engine.registry import AgentConnection, AgentRegistry, AttemptState
 from runyard.logging import get_logger
 from runyard.protocol import v1
+from runyard.store.port import EngineStore, Pick
 
 log = get_logger("runyard.scheduler")
 

@@ -31,7 +31,6 @@ from runyard.engine.dispatcher import Dispatcher
 from runyard.engine.frames import FrameHandler
 from runyard.engine.leases import Leases
 from runyard.engine.outputs import Transfers
-from runyard.engine.port import AttemptRef, EngineStore
 from runyard.engine.publish import Publisher, parse_ready, parse_stop
 from runyard.engine.registry import AgentConnection, AgentRegistry, AttemptState
 from runyard.events.bus import AGENT_COMMAND, TASK_READY, Bus
@@ -39,6 +38,7 @@ from runyard.logging import get_logger
 from runyard.objects import ObjectStore
 from runyard.protocol import v1
 from runyard.store.changes import Transaction
+from runyard.store.port import AttemptRef, EngineStore
 
 log = get_logger("runyard.scheduler")
 

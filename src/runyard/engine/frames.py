@@ -28,10 +28,10 @@ from runyard.domain.attempts import (
 )
 from runyard.engine.dispatcher import Dispatcher
 from runyard.engine.outputs import Transfers
-from runyard.engine.port import AgentStatus, AttemptRef, Checked, EngineStore
 from runyard.engine.registry import AgentConnection, AttemptState
 from runyard.logging import get_logger
 from runyard.protocol import v1
+from runyard.store.port import AgentStatus, AttemptRef, Checked, EngineStore
 
 log = get_logger("runyard.scheduler")
 

@@ -17,10 +17,10 @@ from runyard.config import SchedulerSettings
 from runyard.domain.attempts import AgentKey, AttemptEnd, Outcome, RetryPolicy, TaskState
 from runyard.domain.tasks import TaskStatus
 from runyard.engine.dispatcher import Dispatcher
-from runyard.engine.port import EngineStore
 from runyard.engine.registry import AgentConnection, AgentRegistry
 from runyard.logging import get_logger
 from runyard.protocol import v1
+from runyard.store.port import EngineStore
 
 log = get_logger("runyard.scheduler")
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from runyard.engine.port import Attach, AttemptRef, EngineStore, OutputSlot
 from runyard.logging import get_logger
 from runyard.objects import ObjectStore
 from runyard.objects.keys import BadName, attempt_prefix, check_content_type, output_key
 from runyard.protocol import v1
+from runyard.store.port import Attach, AttemptRef, EngineStore, OutputSlot
 
 log = get_logger("runyard.engine")
 

@@ -14,8 +14,8 @@ from datetime import datetime
 
 from runyard.domain.attempts import AgentKey
 from runyard.engine.index import AgentSlot
-from runyard.engine.port import AgentInfo
 from runyard.protocol.v1 import Frame, Hello
+from runyard.store.port import AgentInfo
 
 
 @dataclass

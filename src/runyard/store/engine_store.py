@@ -1,4 +1,4 @@
-"""The engine's storage port (``engine/port.py``) on SQLite and PostgreSQL.
+"""The engine's storage port (``store/port.py``) on SQLite and PostgreSQL.
 
 The frames of every lifecycle — ACKs, completions, progress and log events — are single
 conditional ``UPDATE … RETURNING`` statements run through the group commit (one
@@ -27,7 +27,11 @@ from runyard.domain.attempts import (
     verdict,
 )
 from runyard.domain.tasks import TaskStatus
-from runyard.engine.port import (
+from runyard.store.agents import AgentRepos, Transitioned
+from runyard.store.batch import GroupCommit
+from runyard.store.db import Database, Session
+from runyard.store.files import FileRepos
+from runyard.store.port import (
     AgentInfo,
     AgentStatus,
     Attach,
@@ -41,10 +45,6 @@ from runyard.engine.port import (
     Pick,
     Resumed,
 )
-from runyard.store.agents import AgentRepos, Transitioned
-from runyard.store.batch import GroupCommit
-from runyard.store.db import Database, Session
-from runyard.store.files import FileRepos
 from runyard.store.tables import TaskOutput
 from runyard.store.work import WorkRepos, task_state, waiting_entry
 

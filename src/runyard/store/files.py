@@ -9,7 +9,7 @@ from sqlalchemy import delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.domain.tasks import TERMINAL
-from runyard.engine.port import Attach
+from runyard.store.port import Attach
 from runyard.store.tables import StoragePurge, StoredFile, Task, TaskInput, TaskOutput
 from runyard.store.types import UTCDateTime
 

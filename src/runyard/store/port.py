@@ -3,11 +3,12 @@
 Each operation is one unit of work (its own transaction, or, where it takes ``tx``, part of
 the caller's), and applies the shared rules of :mod:`runyard.domain.attempts` — fencing,
 retries — so every implementation behaves the same. Implementations: ``store/engine_store.py``
-(SQL, SQLite and PostgreSQL) and ``engine/memory.py`` (in memory, for the engine's unit
+(SQL, SQLite and PostgreSQL) and ``store/memory.py`` (in memory, for the engine's unit
 tests). What an operation changed that others must hear of goes into the transaction's
 ``Changes`` (``store/changes.py``), which the store hands to its commit listener.
 
-This module imports nothing of Runyard but ``domain``: store implementations import it.
+This module imports nothing of Runyard but ``domain``: the engine and both implementations
+import it.
 """
 
 from __future__ import annotations

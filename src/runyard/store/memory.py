@@ -31,7 +31,8 @@ from runyard.domain.attempts import (
 )
 from runyard.domain.ids import new_id
 from runyard.domain.tasks import TaskStatus, check_transition
-from runyard.engine.port import (
+from runyard.store.changes import Changes, CommitListener, Unheard
+from runyard.store.port import (
     AgentInfo,
     AgentStatus,
     Attach,
@@ -45,7 +46,6 @@ from runyard.engine.port import (
     Pick,
     Resumed,
 )
-from runyard.store.changes import Changes, CommitListener, Unheard
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The engine: dispatch, attempts, leases, retries — on a storage port (see README.md)."""
