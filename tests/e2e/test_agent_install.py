@@ -1,12 +1,16 @@
 """The agent without the server's packages (``pip install runyard[agent]`` on a GPU machine).
 
 Each process here runs the ``runyard`` console entry point (as installed: ``importlib.metadata``)
-behind an import blocker for every server-only package, so an agent or CLI change that pulls
-one in — even an import that is caught — fails here instead of on a GPU machine.
+behind an import blocker that makes this environment look like the base install: every package
+that ``runyard``'s base requirements do not bring (transitively) is missing. An import of a
+server-only package is also recorded, so one that is caught still fails the test; a package
+the base install lacks but the code needs (click once came only with uvicorn) breaks the
+command, as it would on a GPU machine.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -19,7 +23,8 @@ import pytest
 from tests.e2e.conftest import runyard_env
 from tests.e2e.stack import EMAIL, PASSWORD, SIM_GRAPH, SIM_PARAMETERS, start_server, stop
 
-#: What only ``runyard[server]`` installs, and our own server-side packages.
+#: What only ``runyard[server]`` installs, and our own server-side packages: importing any of
+#: them, even in a ``try``, fails the tests.
 SERVER_ONLY = (
     "fastapi",
     "starlette",
@@ -54,25 +59,27 @@ SERVER_ONLY = (
 )
 
 #: ``python LAUNCHER entry ARGS…`` runs the ``runyard`` entry point with ARGS;
-#: ``python LAUNCHER import MODULE`` imports MODULE. Either way every import of a blocked
-#: module fails as if it were not installed, and is written to $BLOCKED_LOG.
+#: ``python LAUNCHER import MODULE`` imports MODULE. Either way the modules of $BLOCKED_SERVER
+#: and $BLOCKED_OTHER fail to import as if not installed; the first are written to $BLOCKED_LOG.
 LAUNCHER = """
 import importlib.abc, os, sys
 
-BLOCKED = tuple(os.environ["BLOCKED_MODULES"].split(","))
+SERVER = tuple(os.environ["BLOCKED_SERVER"].split(","))
+OTHER = frozenset(os.environ["BLOCKED_OTHER"].split(","))
 LOG = os.environ["BLOCKED_LOG"]
-already = sorted(m for m in sys.modules if m.startswith(BLOCKED))
+already = sorted(m for m in sys.modules if m.startswith(SERVER))
 if already:
     sys.exit(f"imported before the blocker was installed: {already}")
 
 
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if any(fullname == b or fullname.startswith(b + ".") for b in BLOCKED):
+        if any(fullname == b or fullname.startswith(b + ".") for b in SERVER):
             with open(LOG, "a") as log:
                 log.write(fullname + "\\n")
-            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked)", name=fullname)
-        return None
+        elif fullname.partition(".")[0] not in OTHER:
+            return None
+        raise ModuleNotFoundError(f"No module named {fullname!r} (blocked)", name=fullname)
 
 
 sys.meta_path.insert(0, Blocker())
@@ -88,8 +95,53 @@ else:
 """
 
 
+@functools.cache
+def base_distributions() -> frozenset[str]:
+    """``runyard`` and everything its base requirements (no extra) install, transitively."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[tuple[str, frozenset[str]]] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("runyard", frozenset())]
+    while todo:
+        item = todo.pop()
+        if item in found:
+            continue
+        found.add(item)
+        name, extras = item
+        try:
+            declared = requires(name) or []
+        except PackageNotFoundError:  # e.g. a backport for older Pythons, not installed here
+            continue
+        for line in declared:
+            req = Requirement(line)
+            if req.marker is None or any(
+                req.marker.evaluate({"extra": extra}) for extra in {"", *extras}
+            ):
+                todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return frozenset(name for name, _extras in found)
+
+
+@functools.cache
+def not_in_the_base_install() -> frozenset[str]:
+    """Top-level modules installed here by distributions the base install does not bring."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    base = base_distributions()
+    return frozenset(
+        module
+        for module, owners in packages_distributions().items()
+        if module != "runyard" and not {canonicalize_name(d) for d in owners} & base
+    )
+
+
 class Blocked:
-    """Runs processes behind the blocker; :meth:`attempts` lists what they tried to import."""
+    """Runs processes behind the blocker; :meth:`attempts` lists the server-only modules they
+    tried to import."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.launcher = tmp_path / "blocked_launcher.py"
@@ -99,7 +151,11 @@ class Blocked:
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ if base is None else base)
-        env.update(BLOCKED_MODULES=",".join(SERVER_ONLY), BLOCKED_LOG=str(self.log))
+        env.update(
+            BLOCKED_SERVER=",".join(SERVER_ONLY),
+            BLOCKED_OTHER=",".join(sorted(not_in_the_base_install())),
+            BLOCKED_LOG=str(self.log),
+        )
         return {k: v for k, v in env.items() if not k.startswith("RUNYARD_AGENT")}
 
     def argv(self, *args: str) -> list[str]:
@@ -135,12 +191,18 @@ def test_the_agent_and_the_user_commands_need_no_server_package(blocked: Blocked
     assert blocked.attempts() == []
 
 
-def test_the_blocker_catches_an_import_of_the_server(blocked: Blocked) -> None:
+def test_the_blocker_hides_what_the_base_install_lacks(blocked: Blocked) -> None:
     """Without this, the test above could pass with a blocker that blocks nothing."""
+    assert {"fastapi", "sqlalchemy", "boto3", "pytest", "uvicorn"} <= not_in_the_base_install()
+    assert not {"httpx", "websockets", "pydantic", "yaml", "typer", "click"} & (
+        not_in_the_base_install()
+    )
     result = blocked.run("import", "runyard.app")
     assert result.returncode != 0
     assert "(blocked)" in result.stderr
     assert blocked.attempts()
+    result = blocked.run("import", "moto")  # a test dependency, not a server one
+    assert "No module named 'moto' (blocked)" in result.stderr
 
 
 @pytest.mark.parametrize(
