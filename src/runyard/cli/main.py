@@ -74,9 +74,10 @@ def needs_server(
     def checked(*args: P.args, **kwargs: P.kwargs) -> R:
         missing = missing_modules(modules)
         if missing:
+            named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" * (len(missing) > 3))
             typer.echo(
                 f"error: this command needs the server's packages, not installed here "
-                f"(missing: {', '.join(missing)}): {SERVER_EXTRA}",
+                f"(missing: {named}): {SERVER_EXTRA}",
                 err=True,
             )
             raise typer.Exit(1)
