@@ -20,7 +20,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 
-# Reinstall only when the declared dependencies change.
+# Reinstall only when the declared dependencies change. The default extra, dev, holds
+# runyard[server] (runyard up, the tests' servers) and the test tools.
 STAMP="$VENV/.runyard-installed"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)-${RUNYARD_EXTRAS:-dev}"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
