@@ -1,7 +1,9 @@
 """The Runyard agent: runs on a GPU machine and dials out to the gateway.
 
-It must run without the server's weight: it imports only ``runyard.protocol``,
-``runyard.logging``, the standard library, websockets, httpx and pydantic.
+It must run without the server's weight (``pip install runyard[agent]``): it imports only
+``runyard.protocol``, ``runyard.logging``, ``runyard.observability``, the standard library,
+websockets, httpx, pydantic, pydantic-settings and PyYAML (``tests/e2e/test_agent_install.py``
+runs it with every other package hidden). ``runyard.agent.main`` builds it from its settings.
 """
 
 from runyard.agent.client import (
