@@ -232,6 +232,34 @@ def test_server_commands_without_the_server_packages_name_the_extra(
     assert "Usage: runyard" in helped.stdout
 
 
+def test_the_server_check_knows_every_package_of_the_server_extra() -> None:
+    """A package added to ``runyard[server]`` but not to ``SERVER_MODULES`` would be a traceback
+    again for whoever lacks it."""
+    from importlib.metadata import packages_distributions, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from runyard.cli.main import SERVER_MODULES
+
+    extra = {
+        canonicalize_name(req.name)
+        for req in map(Requirement, requires("runyard") or [])
+        if req.marker is not None and req.marker.evaluate({"extra": "server"})
+    }
+    assert {"fastapi", "sqlalchemy", "boto3"} <= extra
+    modules: dict[str, set[str]] = {}
+    for module, owners in packages_distributions().items():
+        for owner in owners:
+            modules.setdefault(canonicalize_name(owner), set()).add(module)
+    unchecked = {
+        dist
+        for dist in extra - {"aiohttp"}  # only `dev fake-comfyui`, which checks it alone
+        if not modules.get(dist, set()) & set(SERVER_MODULES)
+    }
+    assert unchecked == set()
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])  # the agent's imports do not depend on the database
 def test_an_agent_without_the_server_packages_completes_a_task(
     blocked: Blocked, db_url: str, tmp_path: Path
