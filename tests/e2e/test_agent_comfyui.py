@@ -66,6 +66,8 @@ class Comfy:
     step_delay: float
     fail_nodes: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    #: Where every process it starts is registered for stopping (a restart starts another).
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -90,6 +92,7 @@ class Comfy:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        self.started.append(self.proc)
 
     def wait_up(self) -> None:
         def answers() -> bool:
@@ -141,11 +144,14 @@ class Farm:
     def comfy(self, name: str, step_delay: float = 0.02, *fail_nodes: str) -> Comfy:
         """A fake ComfyUI; ``fail_nodes`` are its ``--fail-node NODE[:MESSAGE]`` values."""
         comfy = Comfy(
-            free_port(), self.workdir / name, self.workdir / f"{name}.log", step_delay, fail_nodes
+            free_port(),
+            self.workdir / name,
+            self.workdir / f"{name}.log",
+            step_delay,
+            fail_nodes,
+            started=self.procs,
         )
         comfy.start()
-        assert comfy.proc is not None
-        self.procs.append(comfy.proc)
         return comfy
 
     def agent(
