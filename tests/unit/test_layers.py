@@ -42,7 +42,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "domain": frozenset(),
     "config": frozenset(),
     "logging": frozenset({"config"}),
-    "protocol": frozenset(),
+    "protocol": frozenset({"domain"}),  # its field limits are domain.limits
     "observability": frozenset(),
     # Adapters: hashing and signing, object storage, the database.
     "security": frozenset({"config", "domain"}),

@@ -92,3 +92,21 @@ async def test_the_async_sdk_refuses_it_too() -> None:
             await sdk.submit("foxes", {}, priority=1001)
     assert refused.value.error_message == limits.PRIORITY.message
     assert sent == []
+
+
+def test_an_agent_over_the_limits_is_refused_by_the_protocol_and_its_settings() -> None:
+    from pydantic import ValidationError
+
+    from runyard.agent.config import AgentSettings
+    from runyard.protocol import v1
+
+    top = limits.CAPACITY.high
+    assert v1.Hello(agent_id="gpu-1", capacity=top).capacity == top
+    with pytest.raises(ValidationError):
+        v1.Hello(agent_id="gpu-1", capacity=top + 1)
+    with pytest.raises(ValidationError):
+        v1.Hello(agent_id="gpu-1", labels=[f"l{i}" for i in range(limits.MAX_AGENT_LABELS + 1)])
+    with pytest.raises(ValidationError):
+        v1.Hello(agent_id="x" * (limits.AGENT_ID_MAX + 1))
+    with pytest.raises(ValidationError):
+        AgentSettings(capacity=top + 1)

@@ -22,6 +22,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runyard.agent.simulate import Behaviour
+from runyard.domain import limits
 from runyard.protocol.v1 import Pool
 
 _AGENT_ID_CHARS = re.compile(r"[^A-Za-z0-9._:@-]+")
@@ -57,7 +58,7 @@ class AgentSettings(BaseSettings):
     )
     labels: Annotated[list[str], NoDecode] = []
     pools: Annotated[list[Pool], NoDecode] = ["team"]
-    capacity: int = Field(default=1, ge=1, le=256)
+    capacity: int = Field(default=1, ge=limits.CAPACITY.low, le=limits.CAPACITY.high)
     #: Seconds to let running attempts finish on SIGTERM before they are handed back.
     grace_seconds: float = Field(default=30.0, ge=0)
     #: The ComfyUI this agent drives (on this machine: ComfyUI has no authentication).

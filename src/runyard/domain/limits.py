@@ -115,6 +115,21 @@ MAX_FILE_SIZE = 2**62
 MAX_PARTS = 10_000
 ETAG_MAX = 200
 
+# -- agents ------------------------------------------------------------------------------------
+
+#: An agent's id (``--agent-id``, ``hello.agent_id``, ``/agents/{agentId}``).
+AGENT_ID_MAX = 200
+AGENT_ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+#: Labels one agent may advertise (each at most ``LABEL_MAX`` characters).
+MAX_AGENT_LABELS = 100
+#: Attempts one agent runs at once (``--capacity``).
+CAPACITY = IntRange("capacity", 1, 256)
+#: Lines of one ``log`` frame, the length of a ``fail`` frame's error, outputs of one
+#: ``upload_request``.
+MAX_LOG_LINES = 1000
+ERROR_MAX = 10_000
+MAX_UPLOADS = 1000
+
 # -- webhooks ------------------------------------------------------------------------------------
 
 WEBHOOK_NAME_MAX = 255

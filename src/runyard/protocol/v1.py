@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from runyard.domain import limits
+
 PROTOCOL_VERSION = 1
 
 #: WebSocket close codes the gateway uses (4000-4999 are for applications).
@@ -59,12 +61,15 @@ class SystemStats(Frame):
 class Hello(Frame):
     type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
-    agent_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")]
+    agent_id: Annotated[
+        str, Field(min_length=1, max_length=limits.AGENT_ID_MAX, pattern=limits.AGENT_ID_PATTERN)
+    ]
     agent_version: str = ""
     labels: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=100)
+        list[Annotated[str, Field(min_length=1, max_length=limits.LABEL_MAX)]],
+        Field(max_length=limits.MAX_AGENT_LABELS),
     ] = []
-    capacity: Annotated[int, Field(ge=1, le=256)] = 1
+    capacity: Annotated[int, Field(ge=limits.CAPACITY.low, le=limits.CAPACITY.high)] = 1
     pools: list[Pool] = ["team"]
     tool: str = "comfyui"
     tool_version: str | None = None
@@ -108,7 +113,7 @@ class Progress(AttemptRef):
 
 class Log(AttemptRef):
     type: Literal["log"] = "log"
-    lines: Annotated[list[str], Field(max_length=1000)]
+    lines: Annotated[list[str], Field(max_length=limits.MAX_LOG_LINES)]
 
 
 class Complete(AttemptRef):
@@ -119,7 +124,7 @@ class Complete(AttemptRef):
 
 class Fail(AttemptRef):
     type: Literal["fail"] = "fail"
-    error: Annotated[str, Field(max_length=10_000)]
+    error: Annotated[str, Field(max_length=limits.ERROR_MAX)]
     #: False for failures that would fail again (invalid graph, missing node type or model).
     retryable: bool = True
     #: The agent hands the attempt back without it having failed (shutting down, at capacity):
@@ -134,8 +139,10 @@ class Cancelled(AttemptRef):
 class UploadFile(Frame):
     """An output the attempt wants to upload: a relative name, its type and exact size."""
 
-    name: Annotated[str, Field(min_length=1, max_length=255)]
-    content_type: Annotated[str, Field(min_length=1, max_length=255)] = "application/octet-stream"
+    name: Annotated[str, Field(min_length=1, max_length=limits.FILE_NAME_MAX)]
+    content_type: Annotated[str, Field(min_length=1, max_length=limits.CONTENT_TYPE_MAX)] = (
+        "application/octet-stream"
+    )
     size: Annotated[int, Field(ge=0)]
 
 
@@ -145,7 +152,7 @@ class UploadRequest(AttemptRef):
     type: Literal["upload_request"] = "upload_request"
     #: Echoed in the answer, so an agent can match answers to requests.
     request_id: Annotated[str, Field(max_length=100)] = ""
-    files: Annotated[list[UploadFile], Field(min_length=1, max_length=1000)]
+    files: Annotated[list[UploadFile], Field(min_length=1, max_length=limits.MAX_UPLOADS)]
 
 
 AgentFrame = Annotated[

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runyard.context import ServiceContext
+from runyard.domain import limits
 from runyard.domain.errors import BadRequest, Gone, NotFound, PayloadTooLarge, PreconditionFailed
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
@@ -47,7 +48,7 @@ log = get_logger("runyard.files")
 
 MIB = 1024 * 1024
 #: S3's limit on the number of parts of one multipart upload.
-MAX_PARTS = 10_000
+MAX_PARTS = limits.MAX_PARTS
 
 
 def objects(ctx: ServiceContext) -> ObjectStore:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 
 from runyard.api.deps import Ctx, ManagementScope, PageDep, RuntimeScope
+from runyard.domain import limits
 from runyard.schemas.agents import AgentListResponse, AgentOut
 from runyard.schemas.identity import PageMeta
 from runyard.services import agents
@@ -14,7 +15,9 @@ from runyard.services.agents import AgentView
 
 router = APIRouter(tags=["agent"])
 
-AgentId = Annotated[str, Path(max_length=200, description="The agent's id, e.g. gpu-node-01")]
+AgentId = Annotated[
+    str, Path(max_length=limits.AGENT_ID_MAX, description="The agent's id, e.g. gpu-node-01")
+]
 
 
 def agent_out(view: AgentView, request: Request) -> AgentOut:
