@@ -36,13 +36,6 @@ class Changes:
     def __bool__(self) -> bool:
         return bool(self.events or self.waiting or self.claims or self.stops or self.outbox)
 
-    def extend(self, other: Changes) -> None:
-        self.events |= other.events
-        self.waiting.update(other.waiting)
-        self.claims.extend(other.claims)
-        self.stops.extend(other.stops)
-        self.outbox = self.outbox or other.outbox
-
 
 class Transaction(Protocol):
     """A write transaction as the engine sees it: something that records its changes."""
