@@ -48,7 +48,6 @@ SERVER_ONLY = (
     "runyard.web",
     "runyard.store",
     "runyard.services",
-    "runyard.scheduler",
     "runyard.gateway",
     "runyard.engine",
     "runyard.events",
