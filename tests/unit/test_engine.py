@@ -343,3 +343,35 @@ async def test_a_claim_that_does_not_commit_frees_the_slot(capacity: int) -> Non
         await rig.store.submit(TEAM, rig.clock(), claim=claim_then_fail, labels=frozenset({"gpu"}))
     assert gpu.free_slots() == capacity
     assert dispatches(gpu) == []
+
+
+# -- tasks that could never start ------------------------------------------------------------
+
+
+async def test_a_task_too_large_for_the_agent_fails_at_once() -> None:
+    rig = Rig()
+    hello = v1.Hello(agent_id="small-1", labels=["gpu"], max_frame_bytes=64 * 1024)
+    small = AgentConnection(team_id=TEAM, credential_id="c", hello=hello, connected_at=rig.clock())
+    await rig.engine.agent_connected(small)
+    task = await rig.submit(parameters={"prompt": "x" * 100_000})
+    failed = rig.task(task)
+    assert failed.status is TaskStatus.FAILED
+    assert "over agent small-1's limit of 65,536 bytes" in str(failed.task_error)
+    assert dispatches(small) == [] and small.free_slots() == 1
+
+
+async def test_a_task_dropped_at_every_dispatch_fails_instead_of_looping() -> None:
+    rig = Rig(retry_backoff_base_seconds=0)
+    gpu = await rig.agent("gpu-1")
+    task = await rig.submit(max_retries=3)
+    for attempt in range(1, 11):
+        [dispatch] = dispatches(gpu)
+        assert dispatch.attempt == attempt
+        rig.clock.advance(31)  # never acknowledged
+        await rig.engine.leases.reap()
+        await rig.settle()
+        await rig.engine.dispatcher.round()
+    gave_up = rig.task(task)
+    assert gave_up.status is TaskStatus.FAILED
+    assert "10 dispatches of this task never started" in str(gave_up.task_error)
+    assert gave_up.retry_count == 0

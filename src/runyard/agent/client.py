@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from runyard import __version__
 from runyard.agent import transfer
+from runyard.domain import limits
 from runyard.logging import get_logger
 from runyard.observability import LoopMonitor
 from runyard.protocol import v1
@@ -45,8 +46,8 @@ from runyard.protocol import v1
 GATEWAY_PATH = "/api/v1/agent/ws"
 SHUTDOWN_ERROR = "agent shutting down"
 CAPACITY_ERROR = "agent at capacity"
-_MAX_ERROR = 10_000
-_MAX_FRAME_BYTES = 16 * 1024 * 1024
+_MAX_ERROR = limits.ERROR_MAX
+_MAX_FRAME_BYTES = limits.FRAME_MAX_BYTES
 _MAX_RESEND = 1000
 
 #: websockets logs handshake headers (the key among them) at debug level: keep it quieter.
@@ -219,12 +220,28 @@ class Reporter:
     async def log(self, *lines: str) -> None:
         if self._done or self._cancel_kind is not None or not lines:
             return
-        for start in range(0, len(lines), 1000):
-            frame = v1.Log(**self._ref(), lines=list(lines[start : start + 1000]))
+        # Long lines are cut, so a log frame always fits the gateway's frame limit.
+        cut = [line[: limits.LOG_LINE_MAX] for line in lines]
+        step = limits.MAX_LOG_LINES
+        for start in range(0, len(cut), step):
+            frame = v1.Log(**self._ref(), lines=cut[start : start + step])
             await self._client._deliver(self, frame, important=False)
 
     async def complete(self, output: dict[str, Any]) -> None:
-        await self._finish(v1.Complete(**self._ref(), output=output))
+        frame = v1.Complete(**self._ref(), output=output)
+        welcome = self._client.welcome
+        limit = (welcome.max_frame_bytes if welcome else None) or limits.FRAME_MAX_BYTES
+        size = len(_dump(frame).encode("utf-8", "surrogatepass"))
+        if size > limit:
+            # The gateway would drop the connection for it, and the agent send it again on
+            # every reconnect: the attempt fails instead, saying why.
+            await self.fail(
+                f"the output manifest is {size:,} bytes, over the gateway's limit of "
+                f"{limit:,} bytes",
+                retryable=False,
+            )
+            return
+        await self._finish(frame)
 
     async def fail(self, error: str, *, retryable: bool = True) -> None:
         await self._finish(v1.Fail(**self._ref(), error=error[:_MAX_ERROR], retryable=retryable))
@@ -657,6 +674,7 @@ class GatewayClient:
             system_stats=self._system_stats,
             status=self._status,
             running=self._reported_refs(),
+            max_frame_bytes=_MAX_FRAME_BYTES,
         )
 
     def _reported_refs(self) -> list[v1.AttemptRef]:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from runyard.domain.limits import MAX_UNSTARTED_DISPATCHES
 from runyard.domain.retry import backoff_seconds, should_retry
 from runyard.domain.tasks import TaskStatus
 
@@ -136,9 +137,19 @@ _RELEASED: dict[str, Any] = {
 def plan_end(task: TaskState, end: AttemptEnd, policy: RetryPolicy, now: datetime) -> EndPlan:
     """Back to waiting for a retry (with backoff), or failed with an error saying why.
 
-    An attempt that was never acknowledged (``abandoned``) never ran: it is not a retry."""
+    An attempt that was never acknowledged (``abandoned``) never ran: it is not a retry — but a
+    task whose dispatches keep ending that way (an agent that drops it every time) fails after
+    ``MAX_UNSTARTED_DISPATCHES`` instead of going round forever."""
     if end.outcome is Outcome.ABANDONED:
-        return EndPlan(TaskStatus.WAITING, dict(_RELEASED), {"reason": end.error})
+        # Every attempt that was neither a retry nor the first one ended unstarted.
+        unstarted = task.attempt - task.retry_count
+        if unstarted < MAX_UNSTARTED_DISPATCHES:
+            return EndPlan(TaskStatus.WAITING, dict(_RELEASED), {"reason": end.error})
+        error = f"{end.error} ({unstarted} dispatches of this task never started)"
+        return EndPlan(
+            TaskStatus.FAILED,
+            {"task_error": error, "lease_expires_at": None, "deadline_at": None},
+        )
     if should_retry(task.retry_count, task.max_retries, end.retryable):
         retry = task.retry_count + 1
         delay = backoff_seconds(
@@ -198,11 +209,13 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Stop:
-    """An attempt its agent must stop (the task was cancelled or timed out), or a task
-    that left the queue (``agent_id`` None): every replica drops it from its index."""
+    """An attempt its agent (if any) must stop: the task was cancelled, or the attempt timed
+    out or was never acknowledged (the task may be queued again)."""
 
     task_id: str
     team_id: str
     agent_id: str | None
     attempt: int
     reason: str
+    #: The task ended (cancelled): every server drops it from its index too.
+    ended: bool = False

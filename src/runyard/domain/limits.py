@@ -8,6 +8,7 @@ contract (the OpenAPI document shows them): changing one is an API change.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from runyard.domain.errors import BadRequest
@@ -114,6 +115,89 @@ MAX_FILE_SIZE = 2**62
 #: Parts of one multipart upload (S3's own limit).
 MAX_PARTS = 10_000
 ETAG_MAX = 200
+
+# -- what a task carries ------------------------------------------------------------------------
+#
+# Sized so that a task always fits in the frames that carry it: the rendered graph (which holds
+# the parameters' values) and the parameters again in one ``dispatch`` frame stay well under
+# ``FRAME_MAX_BYTES``. A task that would not fit is refused at submit, never dispatched.
+
+MIB = 1024 * 1024
+#: One parameter's value, as JSON (UTF-8).
+PARAM_VALUE_MAX_BYTES = 1 * MIB
+#: All of a task's parameters together, as JSON.
+PARAMETERS_MAX_BYTES = 2 * MIB
+#: The workflow graph with the parameters injected, as JSON.
+GRAPH_MAX_BYTES = 8 * MIB
+#: The largest WebSocket frame either side accepts unless it says less in ``hello`` /
+#: ``welcome`` (the agent's own limit; the server's is uvicorn's ``ws_max_size`` default).
+FRAME_MAX_BYTES = 16 * MIB
+#: A log line an agent sends is cut to this many characters.
+LOG_LINE_MAX = 4096
+#: Dispatches of one task that may end without the attempt starting (no ACK, handed back)
+#: before the task fails instead of being sent again.
+MAX_UNSTARTED_DISPATCHES = 10
+
+
+def _size(count: int) -> str:
+    return f"{count:,} bytes" + (f" ({count // MIB} MiB)" if count % MIB == 0 else "")
+
+
+def _bad_text(value: object) -> bool:
+    """Whether any string in ``value`` (keys too) holds text JSON or the databases cannot
+    store: a NUL character or an unpaired surrogate."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_bad_text(k) or _bad_text(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_bad_text(v) for v in value)
+    return False
+
+
+def json_size(value: object, where: str) -> int:
+    """Bytes of ``value`` as JSON (UTF-8); ``BadRequest`` naming ``where`` when JSON or the
+    databases cannot hold it (NUL characters, unpaired surrogates)."""
+    if _bad_text(value):
+        raise BadRequest(f"{where}: text must not contain NUL characters or unpaired surrogates")
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def check_task_size(
+    parameters: dict[str, object], graph: object, template_bytes: int | None = None
+) -> None:
+    """Refuse a task whose parameters or rendered graph are over the limits above, naming the
+    parameter and the limit. ``template_bytes``: the graph's size before the parameters went
+    in, if known; the rendered graph is then measured only when that plus the parameters
+    could be over the limit (measuring costs a serialisation on every submit)."""
+    total = 2
+    for key, value in parameters.items():
+        size = json_size(value, f"parameter {key!r}")
+        if size > PARAM_VALUE_MAX_BYTES:
+            raise BadRequest(
+                f"parameter {key!r} is {size:,} bytes; a value may be at most "
+                f"{_size(PARAM_VALUE_MAX_BYTES)}"
+            )
+        total += size + len(key) + 4
+    if total > PARAMETERS_MAX_BYTES:
+        raise BadRequest(
+            f"the parameters are {total:,} bytes together; at most {_size(PARAMETERS_MAX_BYTES)}"
+        )
+    if template_bytes is not None and template_bytes + total <= GRAPH_MAX_BYTES:
+        return
+    size = json_size(graph, "workflow")
+    if size > GRAPH_MAX_BYTES:
+        raise BadRequest(
+            f"the workflow graph with its parameters is {size:,} bytes; at most "
+            f"{_size(GRAPH_MAX_BYTES)}"
+        )
+
 
 # -- agents ------------------------------------------------------------------------------------
 

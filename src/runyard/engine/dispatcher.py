@@ -17,7 +17,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from runyard.config import SchedulerSettings
-from runyard.domain.attempts import Claimed, WaitingTask
+from runyard.domain.attempts import (
+    HELD,
+    AttemptEnd,
+    Claimed,
+    Outcome,
+    RetryPolicy,
+    TaskState,
+    WaitingTask,
+    owns,
+)
 from runyard.engine.index import WaitingIndex
 from runyard.engine.outputs import Transfers
 from runyard.engine.registry import AgentConnection, AgentRegistry, AttemptState
@@ -220,13 +229,47 @@ class Dispatcher:
         inputs = await self.transfers.inputs(claimed.id, claimed.parameters)
         if inputs:
             frame = frame.model_copy(update={"inputs": inputs})
-        conn.send(frame)
+        # A frame that cannot be encoded, or that the agent would refuse, would be sent again
+        # after every ACK timeout, forever: the task fails now instead, saying why.
+        try:
+            text = frame.model_dump_json()
+        except ValueError as exc:
+            await self._undispatchable(claimed, conn, f"the task cannot be sent to an agent: {exc}")
+            return
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > conn.max_frame_bytes:
+            await self._undispatchable(
+                claimed,
+                conn,
+                f"the task's dispatch frame is {size:,} bytes, over agent {conn.agent_id}'s "
+                f"limit of {conn.max_frame_bytes:,} bytes",
+            )
+            return
+        conn.send_encoded(text)
         log.info(
             "task_dispatched",
             task_id=claimed.id,
             attempt=claimed.attempt,
             agent_id=conn.agent_id,
         )
+
+    async def _undispatchable(self, claimed: Claimed, conn: AgentConnection, error: str) -> None:
+        conn.attempts.pop((claimed.id, claimed.attempt), None)
+        end = AttemptEnd(error, False, Outcome.FAILED)
+
+        def decide(task: TaskState) -> AttemptEnd | None:
+            holds = owns(task, claimed.id, claimed.attempt, conn.key) and task.status in HELD
+            return end if holds else None
+
+        await self.store.end_attempt(claimed.id, decide, RetryPolicy(), self.now())
+        log.warning(
+            "task_undispatchable",
+            task_id=claimed.id,
+            attempt=claimed.attempt,
+            agent_id=conn.agent_id,
+            error=error,
+        )
+        self.wake()
 
     # -- rounds ------------------------------------------------------------------------------
 

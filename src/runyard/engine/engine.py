@@ -186,7 +186,9 @@ class Engine:
 
     async def _on_agent_command(self, payload: str) -> None:
         stop = parse_stop(payload)
-        self.dispatcher.forget(stop.task_id)
+        if stop.ended:
+            # Only then: a timed-out attempt's task may be waiting again, in the index.
+            self.dispatcher.forget(stop.task_id)
         if stop.agent_id is None:
             return
         conn = self.agents.find(stop.agent_id, stop.team_id)

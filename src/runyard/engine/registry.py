@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from runyard.domain import limits
 from runyard.domain.attempts import AgentKey
 from runyard.engine.index import AgentSlot
 from runyard.protocol.v1 import Frame, Hello
@@ -50,6 +51,8 @@ class AgentConnection:
         self.labels = frozenset(hello.labels)
         self.pools = frozenset(hello.pools)
         self.capacity = hello.capacity
+        #: Frames larger than this would make the agent drop the connection: never sent.
+        self.max_frame_bytes = hello.max_frame_bytes or limits.FRAME_MAX_BYTES
         self.status: str = hello.status
         self.sync_phase: str | None = None
         self.sync_detail: str | None = None
@@ -109,6 +112,11 @@ class AgentConnection:
     def send(self, frame: Frame) -> None:
         if not self.closing:
             self.queue.put_nowait(frame.model_dump_json())
+
+    def send_encoded(self, text: str) -> None:
+        """A frame already encoded (and checked against :attr:`max_frame_bytes`)."""
+        if not self.closing:
+            self.queue.put_nowait(text)
 
     def close(self, code: int, reason: str) -> None:
         if self.closing:

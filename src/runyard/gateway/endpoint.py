@@ -14,6 +14,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from runyard.context import ServiceContext
+from runyard.domain import limits
 from runyard.domain.errors import RunyardError
 from runyard.engine.engine import Engine
 from runyard.engine.registry import AgentConnection
@@ -87,6 +88,8 @@ async def agent_socket(websocket: WebSocket) -> None:
             keep=keep,
             abort=abort,
             uploads=True,
+            # What uvicorn accepts by default (its ws_max_size), which every server runs with.
+            max_frame_bytes=limits.FRAME_MAX_BYTES,
         )
     )
     writer = asyncio.create_task(_write(websocket, conn))

@@ -79,6 +79,9 @@ class Hello(Frame):
     status: ReportedStatus = "idle"
     #: Attempts this agent is still running (after a reconnect): the gateway answers keep/abort.
     running: list[AttemptRef] = []
+    #: The largest frame this agent accepts, in bytes (absent: ``limits.FRAME_MAX_BYTES``):
+    #: the gateway never sends a larger one.
+    max_frame_bytes: Annotated[int, Field(ge=64 * 1024)] | None = None
 
 
 class Heartbeat(Frame):
@@ -182,6 +185,8 @@ class Welcome(Frame):
     #: Of the attempts reported in ``hello``: those to keep running, those to abort.
     keep: list[AttemptRef] = []
     abort: list[AttemptRef] = []
+    #: The largest frame the gateway accepts, in bytes (absent: ``limits.FRAME_MAX_BYTES``).
+    max_frame_bytes: int | None = None
     #: The gateway answers ``upload_request`` (output uploads through signed links).
     uploads: bool = False
 

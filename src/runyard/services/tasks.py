@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from runyard.context import ServiceContext
+from runyard.domain import limits
 from runyard.domain.attempts import Stop
 from runyard.domain.errors import BadRequest, Conflict, NotFound
 from runyard.domain.ids import new_id
@@ -171,6 +172,8 @@ async def _prepare(
     }
     await files.check_inputs(ctx, scope.team_id, file_inputs)
     rendered = render(spec.tool_type, spec.workflow_json, spec.parameters, resolved)
+    # Sizes that always fit the frames that carry the task (and text the databases can hold).
+    limits.check_task_size(resolved, rendered, _template_bytes(wf))
 
     now = ctx.now()
     caller = scope.caller
@@ -203,6 +206,21 @@ async def _prepare(
         updated_at=now,
     )
     return _Prepared(task, file_inputs)
+
+
+#: JSON size of each live workflow version's graph (a version's content never changes).
+_graph_bytes: dict[tuple[str, int], int] = {}
+
+
+def _template_bytes(wf: workflows.WorkflowVersion) -> int:
+    key = (wf.id, wf.version)
+    size = _graph_bytes.get(key)
+    if size is None:
+        if len(_graph_bytes) >= _VERSIONS_MAX:
+            _graph_bytes.clear()
+        graph = wf.spec.workflow_json
+        size = _graph_bytes[key] = limits.json_size(graph, "workflow")
+    return size
 
 
 async def _store(
@@ -329,7 +347,9 @@ async def _cancel_locked(repos: WorkRepos, task: Task, now: datetime) -> bool:
         return False
     agent_id, attempt = task.agent_id, task.attempt
     await repos.change_status(task, TaskStatus.CANCELLED, now)
-    repos.session.changes.stops.append(Stop(task.id, task.team_id, agent_id, attempt, "cancelled"))
+    repos.session.changes.stops.append(
+        Stop(task.id, task.team_id, agent_id, attempt, "cancelled", ended=True)
+    )
     return True
 
 

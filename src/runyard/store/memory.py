@@ -209,7 +209,9 @@ class MemoryStore:
                 return
             agent_id, attempt = task.agent_id, task.attempt
             self._change(tx, task, TaskStatus.CANCELLED, now)
-            tx.changes.stops.append(Stop(task.id, task.team_id, agent_id, attempt, "cancelled"))
+            tx.changes.stops.append(
+                Stop(task.id, task.team_id, agent_id, attempt, "cancelled", ended=True)
+            )
 
     # -- this server (gateway) and its agents -----------------------------------------------
 
