@@ -137,7 +137,8 @@ async def test_socket_drop_mid_run_still_completes_through_history(rig: Rig) -> 
     task_id = await rig.team.run()
     body = await rig.team.wait(task_id, "completed")
     assert body["retry_count"] == 0
-    assert rig.comfy.count("GET", "/history/{prompt_id}") >= 2
+    # The outcome, not how many polls a timing produced (under load one poll may be all).
+    assert rig.comfy.count("GET", "/history/{prompt_id}") >= 1
     # The task may finish through /history before the socket is back (reconnects back off):
     # the runner must still open it again.
     async with asyncio.timeout(10):
