@@ -220,6 +220,19 @@ def test_tasks_agents_keys_and_webhooks(env: dict[str, str], tmp_path: Path) -> 
     result = invoke(env, "tasks", "result", done, "--out", str(tmp_path / "r"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["result"]["task_status"] == "completed"
+    # A second download into the same folder keeps the first file and takes a numbered name;
+    # --overwrite replaces it.
+    [first] = json.loads(result.stdout)["files"]
+    Path(first).write_bytes(b"kept")
+    again = invoke(env, "tasks", "result", done, "--out", str(tmp_path / "r"), "--json")
+    [second] = json.loads(again.stdout)["files"]
+    assert second != first and Path(second).stem.endswith("-2")
+    assert Path(first).read_bytes() == b"kept"
+    replaced = invoke(
+        env, "tasks", "result", done, "--out", str(tmp_path / "r"), "--overwrite", "--json"
+    )
+    assert json.loads(replaced.stdout)["files"] == [first]
+    assert Path(first).read_bytes().startswith(b"simulated output")
 
     agents = invoke(env, "agents", "list", "--json")
     assert "sim-agent" in [a["agent_id"] for a in json.loads(agents.stdout)]

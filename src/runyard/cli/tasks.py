@@ -50,6 +50,16 @@ OutOpt = Annotated[
 ]
 
 
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace files of the same name in --out (default: keep them; the download gets "
+        "a numbered name).",
+    ),
+]
+
+
 class TaskProgress:
     """A live Rich progress bar fed by a task's events: state, node, step, percent."""
 
@@ -160,17 +170,21 @@ def _seconds(task: Task) -> str:
     return f" in {(task.completed_at - start).total_seconds():.1f} s"
 
 
-def _download(client: Runyard, task_id: str, folder: Path, quiet: bool) -> list[Path]:
+def _download(
+    client: Runyard, task_id: str, folder: Path, quiet: bool, overwrite: bool = False
+) -> list[Path]:
     if quiet:
-        return client.download_outputs(task_id, folder)
+        return client.download_outputs(task_id, folder, overwrite=overwrite)
     with TransferBars(err) as bars:
-        return client.download_outputs(task_id, folder, progress=bars.download)
+        return client.download_outputs(task_id, folder, progress=bars.download, overwrite=overwrite)
 
 
-def _finish(client: Runyard, task: Task, folder: Path | None, as_json: bool) -> None:
+def _finish(
+    client: Runyard, task: Task, folder: Path | None, as_json: bool, overwrite: bool = False
+) -> None:
     """Report a finished task; download its outputs; exit 1 unless it completed."""
     result = client.get_result(task.id)
-    files = _download(client, task.id, folder, as_json) if folder and task.ok else []
+    files = _download(client, task.id, folder, as_json, overwrite) if folder and task.ok else []
     if as_json:
         print_json({"task": task, "result": result, "files": files})
     elif task.ok:
@@ -225,6 +239,7 @@ def run(
         bool, typer.Option("--wait", help="Follow the task until it ends, with progress.")
     ] = False,
     out_dir: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     timeout: TimeoutOpt = None,
     priority: Annotated[
         int | None,
@@ -277,7 +292,7 @@ def run(
     else:
         err.print(f"Task {task_id} submitted", markup=False)
         task = _watch(client, task_id, timeout)
-    _finish(client, task, out_dir, as_json)
+    _finish(client, task, out_dir, as_json, overwrite)
 
 
 def _submit(
@@ -419,11 +434,12 @@ def result(
     client: Runyard,
     task_id: TaskArg,
     out_dir: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """A task's output or error; --out downloads its files."""
     found = client.get_result(task_id)
-    files = _download(client, task_id, out_dir, as_json) if out_dir else []
+    files = _download(client, task_id, out_dir, as_json, overwrite) if out_dir else []
     if as_json:
         print_json({"result": found, "files": files})
         return

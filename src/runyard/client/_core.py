@@ -887,6 +887,14 @@ def disposition_name(value: str) -> str:
     return message.get_filename() or ""
 
 
+def taken_names(folder: Path, overwrite: bool) -> set[str]:
+    """Names a download must not take: the files already in ``folder``, unless it may
+    replace them (another task's output of the same name is never overwritten silently)."""
+    if overwrite or not folder.is_dir():
+        return set()
+    return {entry.name for entry in folder.iterdir()}
+
+
 def output_name(response: httpx.Response, label: str, index: int, used: set[str]) -> str:
     """A file name for a download, unique among ``used`` (which it joins): the server's
     ``Content-Disposition`` name, else the link's last path segment, else the label."""

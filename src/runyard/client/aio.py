@@ -486,18 +486,21 @@ class AsyncRunyard(_core.ClientBase):
         folder: PathLike,
         *,
         progress: Callable[[DownloadProgress], None] | None = None,
+        overwrite: bool = False,
     ) -> list[Path]:
         """Download every output of a completed task into ``folder``; returns the paths.
 
         Follows the result's signed links (``download_urls`` / ``download_url``) without
         sending credentials. A task without outputs (or not completed) downloads nothing.
+        A file of the same name already in ``folder`` is kept, and the download gets a
+        numbered name (``image-2.png``), unless ``overwrite``.
         """
         links = _core.download_links(await self.get_result(task_id), self.server_url)
         target_dir = Path(folder)
         if links:
             await asyncio.to_thread(target_dir.mkdir, parents=True, exist_ok=True)
         paths: list[Path] = []
-        used: set[str] = set()
+        used = _core.taken_names(target_dir, overwrite)
         for index, (label, url) in enumerate(links):
             file: _core.DownloadFile | None = None
             try:
