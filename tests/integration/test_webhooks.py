@@ -329,9 +329,9 @@ async def test_ping_is_signed_and_logged(
     [
         ("http://hooks.example.com/x", "https://"),
         ("ftp://hooks.example.com/x", "https://"),
-        ("https://10.1.2.3/hook", "private"),
-        ("https://169.254.169.254/latest/meta-data", "private"),
-        ("https://[fd00::1]/hook", "private"),
+        ("https://10.1.2.3/hook", "points to 10.1.2.3, which is not a public address"),
+        ("https://169.254.169.254/latest/meta-data", "not a public address"),
+        ("https://[fd00::1]/hook", "not a public address"),
         ("https://user:pw@hooks.example.com/", "credentials"),
         ("not a url", "https://"),
     ],

@@ -51,7 +51,8 @@ LAYERS: dict[str, frozenset[str]] = {
     # What services and the engine share at run time.
     "context": frozenset({"config", "objects", "security", "store"}),
     "events": frozenset({"context", "domain", "logging", "store"}),
-    "webhooks": frozenset({"context", "domain", "logging", "store"}),
+    # webhooks → security: every delivery goes through the egress policy's transport.
+    "webhooks": frozenset({"context", "domain", "logging", "security", "store"}),
     # Use cases, and the engine beside them: neither imports the other.
     "services": frozenset({"context", "domain", "logging", "objects", "store", "webhooks"}),
     "engine": frozenset({"config", "domain", "events", "logging", "objects", "protocol", "store"}),

@@ -19,9 +19,10 @@ from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest
 from runyard.domain.webhooks import next_delay, raw_body, signature_256, standard_signature
 from runyard.logging import get_logger
+from runyard.security.egress import EgressTransport, egress_client
 from runyard.store.tables import WebhookAttempt
 from runyard.store.webhooks import WebhookRepos
-from runyard.webhooks.urls import check_destination
+from runyard.webhooks.urls import webhook_policy
 
 log = get_logger("runyard.webhooks")
 
@@ -32,13 +33,13 @@ BATCH = 100
 
 
 class Deliverer:
-    def __init__(self, ctx: ServiceContext, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, ctx: ServiceContext, transport: EgressTransport | None = None) -> None:
+        """``transport``: tests pass one with their own resolver, network backend or CA; it
+        must be an ``EgressTransport``, so every attempt is checked and pinned."""
         self.ctx = ctx
         self.settings = ctx.settings.webhooks
-        self._client = client or httpx.AsyncClient(
-            timeout=self.settings.timeout_seconds, follow_redirects=False
-        )
-        self._owns_client = client is None
+        transport = transport or EgressTransport(webhook_policy(self.settings.allow_http_loopback))
+        self._client = egress_client(transport, self.settings.timeout_seconds)
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._semaphore = asyncio.Semaphore(self.settings.concurrency)
@@ -57,8 +58,7 @@ class Deliverer:
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._owns_client:
-            await self._client.aclose()
+        await self._client.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -125,15 +125,18 @@ class Deliverer:
                     "webhook-signature": standard_signature(secret, delivery.id, timestamp, body),
                 }
                 try:
-                    await check_destination(webhook.webhook_url, self.settings.allow_http_loopback)
+                    # The transport checks the URL again (the name may resolve differently
+                    # now) and connects only to the addresses it checked.
                     response = await self._client.post(
                         webhook.webhook_url, content=body, headers=headers
                     )
                     status_code = response.status_code
                     response_body = response.text[:1000]
-                    if not 200 <= status_code < 300:
+                    if 300 <= status_code < 400:
+                        error = f"receiver answered {status_code} (redirects are not followed)"
+                    elif not 200 <= status_code < 300:
                         error = f"receiver answered {status_code}"
-                except BadRequest as exc:
+                except BadRequest as exc:  # EgressRefused: nothing was sent
                     error = exc.message
                 except httpx.TimeoutException:
                     error = f"no answer within {self.settings.timeout_seconds:g} s"

@@ -1,65 +1,23 @@
-"""Where webhooks may point: public https endpoints (plain http only to loopback in development)."""
+"""Where webhooks may point: the server's egress policy (``security/egress.py``) with the
+webhook's wording. Public ``https://`` endpoints; plain ``http://`` only to loopback, and
+loopback at all only with ``allow_http_loopback`` (development and tests)."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
-from urllib.parse import urlsplit
-
-from runyard.domain.errors import BadRequest
+from runyard.security.egress import Destination, EgressPolicy, Resolver
 
 
-def _forbidden(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool
-) -> bool:
-    if address.is_loopback:
-        return not allow_loopback
-    return (
-        address.is_private
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
+def webhook_policy(allow_http_loopback: bool, resolver: Resolver | None = None) -> EgressPolicy:
+    return EgressPolicy(
+        subject="webhook_url", allow_loopback=allow_http_loopback, resolver=resolver
     )
 
 
-def check_shape(url: str, allow_http_loopback: bool) -> tuple[str, int]:
-    """Scheme, host and port rules that need no DNS. Returns (host, port)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("https", "http") or not host:
-        raise BadRequest("webhook_url must be an https:// URL")
-    if parts.username or parts.password:
-        raise BadRequest("webhook_url must not contain credentials")
-    loopback_name = host == "localhost" or host.endswith(".localhost")
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    is_loopback = loopback_name or (literal is not None and literal.is_loopback)
-    if parts.scheme == "http" and not (allow_http_loopback and is_loopback):
-        raise BadRequest("webhook_url must be an https:// URL (http:// is not accepted)")
-    if is_loopback and not allow_http_loopback:
-        raise BadRequest("webhook_url must not point to this machine (loopback)")
-    if literal is not None and _forbidden(literal, allow_http_loopback):
-        raise BadRequest("webhook_url must not point to a private or link-local address")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise BadRequest("webhook_url has an invalid port") from exc
-    return host, port
-
-
-async def check_destination(url: str, allow_http_loopback: bool) -> None:
-    """Refuse URLs whose host resolves to private, link-local or (unless allowed) loopback
-    addresses. Run at creation and again before every delivery (DNS can change)."""
-    host, port = check_shape(url, allow_http_loopback)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise BadRequest(f"webhook_url host {host!r} does not resolve") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if _forbidden(address, allow_http_loopback):
-            raise BadRequest(f"webhook_url host {host!r} resolves to a private address")
+async def check_destination(
+    url: str, allow_http_loopback: bool, resolver: Resolver | None = None
+) -> Destination:
+    """Refuse (``EgressRefused``, a 400) a URL that is not https, or whose host resolves to any
+    address that is not public. Run at creation and update; every delivery attempt checks
+    again in its transport (the name may resolve differently later) and connects only to
+    the addresses that passed."""
+    return await webhook_policy(allow_http_loopback, resolver).check_url(url)
