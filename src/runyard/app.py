@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runyard import __version__
+from runyard.api.docs import install_docs
 from runyard.api.errors import error_response, install_error_handlers
 from runyard.api.routes import api_router
 from runyard.config import Settings
@@ -192,7 +193,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         version=__version__,
         summary="Run ComfyUI workflows on GPU machines you own.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served offline by api/docs.py
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -203,6 +204,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
     app.include_router(api_router)
     app.include_router(gateway_router)
     app.include_router(web_router)  # the dashboard at /
+    install_docs(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

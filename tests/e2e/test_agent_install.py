@@ -27,6 +27,7 @@ from tests.e2e.stack import EMAIL, PASSWORD, SIM_GRAPH, SIM_PARAMETERS, start_se
 #: them, even in a ``try``, fails the tests.
 SERVER_ONLY = (
     "fastapi",
+    "fastapi_offline",
     "starlette",
     "uvicorn",
     "sqlalchemy",

@@ -117,8 +117,9 @@ DASHBOARD: dict[tuple[str, str], str] = {
 #: Not walked: the agent gateway is a WebSocket for ak- keys only, with its own tests. Listed
 #: here so that any other non-HTTP route still fails the table check.
 NOT_WALKED = {("APIWebSocketRoute", f"{API}/agent/ws")}
-#: FastAPI's own documentation routes (not APIRoutes).
-DOCS = {f"{API}/openapi.json", f"{API}/docs", "/docs/oauth2-redirect"}
+#: The API's documentation (not APIRoutes): the OpenAPI document, the Swagger UI page and its
+#: static assets (api/docs.py), public like any documentation.
+DOCS = {f"{API}/openapi.json", f"{API}/docs", f"{API}/docs/assets", "/docs/oauth2-redirect"}
 
 ADMIN, MEMBER, OWNER = Role.ADMIN, Role.MEMBER, Role.OWNER
 GRAPH = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "walker"}}}

@@ -36,6 +36,7 @@ R = TypeVar("R")
 #: The top-level modules the server commands import that only ``runyard[server]`` installs.
 SERVER_MODULES = (
     "fastapi",
+    "fastapi_offline",
     "uvicorn",
     "sqlalchemy",
     "alembic",
