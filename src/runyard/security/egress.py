@@ -108,9 +108,10 @@ def refusal(address: Address, allow_loopback: bool = False) -> str | None:
     wrapped = embedded(address)
     if wrapped is not None:
         form, inner = wrapped
-        # Only an IPv4-mapped address reaches this machine's loopback; the others would reach
-        # a gateway's or a tunnel's.
-        inner_refusal = _v4_refusal(inner, allow_loopback and form == "IPv4-mapped")
+        if form == "IPv4-mapped":
+            inner_refusal = _v4_refusal(inner, allow_loopback)
+        else:  # the others would reach a gateway's or a tunnel's loopback, never ours
+            inner_refusal = NOT_PUBLIC if inner.is_loopback else _v4_refusal(inner, False)
         if inner_refusal is not None:
             return inner_refusal
         if form == "IPv4-mapped" or address in _NAT64 or (form == "6to4" and address.is_global):
