@@ -1,19 +1,30 @@
 """Webhooks: registration rules, the outbox, signed deliveries on the documented schedule (with a
-controllable clock, not sleeps), the delivery log, redelivery, ping and secret rotation."""
+controllable clock, not sleeps), the delivery log, redelivery, ping and secret rotation, and
+egress: refused destinations, a name resolved once and pinned (DNS rebinding), no redirects,
+the Host header and TLS name kept on a pinned connection. Network: loopback only."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpcore
 import pytest
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,11 +32,14 @@ from starlette.routing import Route
 
 from runyard.context import ServiceContext
 from runyard.domain.tasks import TaskStatus
+from runyard.security import egress
+from runyard.security.egress import EgressTransport
 from runyard.store.work import WorkRepos
 from runyard.webhooks.deliverer import Deliverer
+from runyard.webhooks.urls import webhook_policy
 from tests.conftest import FakeClock
 from tests.fixtures.graphs import text_to_image_workflow
-from tests.integration.conftest import Account, Accounts
+from tests.integration.conftest import Account, Accounts, assert_error
 
 API = "/api/v1"
 
@@ -38,6 +52,8 @@ class Receiver:
     delay: float = 0.0
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
+    port: int = 0
+    location: str = ""  # sent with a 3xx
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
@@ -45,23 +61,35 @@ class Receiver:
         if self.delay:
             await asyncio.sleep(self.delay)
         status = self.statuses.pop(0) if self.statuses else 200
-        return Response(b"ok" if status < 300 else b"nope", status_code=status)
+        headers = {"Location": self.location} if 300 <= status < 400 else None
+        return Response(b"ok" if status < 300 else b"nope", status_code=status, headers=headers)
 
 
 @pytest.fixture
 async def receivers() -> AsyncIterator[Any]:
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def make(statuses: list[int] | None = None, delay: float = 0.0) -> Receiver:
+    async def make(
+        statuses: list[int] | None = None, delay: float = 0.0, tls: tuple[Path, Path] | None = None
+    ) -> Receiver:
+        """A receiver on 127.0.0.1; ``tls``: (certificate, key) files to serve https."""
         receiver = Receiver(list(statuses or []), delay)
         app = Starlette(routes=[Route("/hook", receiver.handle, methods=["POST"])])
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            lifespan="off",
+            ssl_certfile=tls and tls[0],
+            ssl_keyfile=tls and tls[1],
         )
+        server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
+        receiver.port = port
         receiver.url = f"http://127.0.0.1:{port}/hook"
         servers.append((server, task))
         return receiver
@@ -332,6 +360,12 @@ async def test_ping_is_signed_and_logged(
         ("https://10.1.2.3/hook", "points to 10.1.2.3, which is not a public address"),
         ("https://169.254.169.254/latest/meta-data", "not a public address"),
         ("https://[fd00::1]/hook", "not a public address"),
+        # The findings of issue 14: shared address space (a metadata API), IETF protocol
+        # assignments, 6to4 wrapping link-local.
+        ("https://100.100.100.200/latest", "points to 100.100.100.200, which is not a public"),
+        ("https://192.0.0.170/hook", "points to 192.0.0.170, which is not a public address"),
+        ("https://[2002:a9fe:a9fe::]/", "2002:a9fe:a9fe:: (6to4 for 169.254.169.254), which is"),
+        ("https://[::ffff:169.254.169.254]/", "IPv4-mapped for 169.254.169.254"),
         ("https://user:pw@hooks.example.com/", "credentials"),
         ("not a url", "https://"),
     ],
@@ -392,3 +426,279 @@ async def test_manage_webhooks(accounts: Accounts, receivers: Any) -> None:
     gone = await owner.request("DELETE", f"{API}/webhooks/{created['id']}")
     assert gone.status_code == 204
     assert (await owner.request("GET", f"{API}/webhooks/{created['id']}")).status_code == 404
+
+
+# Egress: names resolve through a scripted resolver (no DNS); connections other than to
+# loopback are recorded and refused by the network backend (no network).
+
+
+@dataclass
+class Resolver:
+    """Answers ``first`` for the first ``times`` lookups, then ``then``; counts lookups."""
+
+    first: list[str]
+    times: int = 1_000_000
+    then: list[str] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        self.asked.append(host)
+        return self.first if len(self.asked) <= self.times else self.then
+
+
+class RecordingBackend(httpcore.AsyncNetworkBackend):
+    """Connects to loopback; records every address asked for and refuses any other."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.AnyIOBackend()
+        self.connects: list[tuple[str, int]] = []
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.connects.append((host, port))
+        if not ipaddress.ip_address(host).is_loopback:
+            raise httpcore.ConnectError(f"tests have no network: {host}")
+        return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise AssertionError("no unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[list[int]]:
+    """A bare TCP listener on 127.0.0.1 that counts connections: ``[port, connections]``."""
+    seen = [0, 0]
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen[1] += 1
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    seen[0] = server.sockets[0].getsockname()[1]
+    yield seen
+    server.close()
+    await server.wait_closed()
+
+
+async def test_names_that_resolve_to_private_addresses_are_refused_at_create_and_update(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch, receivers: Any
+) -> None:
+    names = {
+        "metadata.example.test": ["100.100.100.200"],
+        "six.example.test": ["2002:a9fe:a9fe::"],
+        "mixed.example.test": ["8.8.8.8", "192.168.1.20"],
+        "public.example.test": ["8.8.8.8"],
+    }
+
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        return names[host]
+
+    monkeypatch.setattr(egress, "system_resolver", resolve)
+    owner = await accounts.signup("owner")
+    created = await owner.request(
+        "POST",
+        f"{API}/webhooks",
+        json={"display_name": "x", "webhook_url": "https://metadata.example.test/hook"},
+    )
+    assert_error(
+        created,
+        400,
+        exact="webhook_url resolves to 100.100.100.200, which is not a public address",
+    )
+    webhook = await hook(owner, "https://public.example.test/hook")
+    for host, shown in (
+        ("six.example.test", "2002:a9fe:a9fe:: (6to4 for 169.254.169.254)"),
+        ("mixed.example.test", "192.168.1.20"),  # every address must pass
+    ):
+        updated = await owner.request(
+            "PUT", f"{API}/webhooks/{webhook['id']}", json={"webhook_url": f"https://{host}/"}
+        )
+        assert_error(
+            updated, 400, exact=f"webhook_url resolves to {shown}, which is not a public address"
+        )
+    detail = (await owner.request("GET", f"{API}/webhooks/{webhook['id']}")).json()
+    assert detail["webhook_url"] == "https://public.example.test/hook"
+
+
+async def test_a_name_is_resolved_once_and_the_checked_address_is_the_one_connected_to(
+    ctx: ServiceContext,
+    accounts: Accounts,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: list[int],
+) -> None:
+    """DNS rebinding: the name answers a public address for the checks (at creation and at the
+    delivery), then 127.0.0.1. The connection goes to the checked public address, never to
+    loopback; the next attempt's check sees 127.0.0.1 and refuses it before any connection."""
+    ctx.settings.webhooks.allow_http_loopback = False
+    port = listener[0]
+    resolver = Resolver(first=["8.8.8.8"], times=2, then=["127.0.0.1"])
+    monkeypatch.setattr(egress, "system_resolver", resolver)
+    owner = await accounts.signup("owner")
+    webhook = await hook(owner, f"https://rebind.example.test:{port}/hook")
+    await finish(ctx, owner)
+    backend = RecordingBackend()
+    transport = EgressTransport(webhook_policy(False, resolver), network_backend=backend)
+    deliverer = Deliverer(ctx, transport)
+    try:
+        assert await deliverer.deliver_due() == 1
+        assert backend.connects == [("8.8.8.8", port)]  # the checked address (refused here)
+        assert len(resolver.asked) == 2  # creation and this attempt: no second lookup to send
+        clock.advance(5)
+        assert await deliverer.deliver_due() == 1
+    finally:
+        await deliverer.stop()
+    await owner.relogin()
+    assert backend.connects == [("8.8.8.8", port)]  # the refused attempt connected nowhere
+    assert listener[1] == 0  # nothing ever reached loopback
+    [log] = await deliveries(owner, webhook["id"])
+    first, second = log["attempts"]
+    assert "tests have no network: 8.8.8.8" in first["error"]
+    assert second["error"] == (
+        "webhook_url resolves to 127.0.0.1, which is a loopback address (allowed only in "
+        "development)"
+    )
+    assert second["status_code"] is None
+    assert log["last_error"] == second["error"]
+
+
+async def test_a_redirect_is_a_failed_attempt_and_is_not_followed(
+    ctx: ServiceContext, accounts: Accounts, receivers: Any
+) -> None:
+    target = await receivers()
+    redirecting = await receivers([302])
+    redirecting.location = target.url
+    owner = await accounts.signup("owner")
+    webhook = await hook(owner, redirecting.url)
+    await finish(ctx, owner)
+    deliverer = Deliverer(ctx)
+    try:
+        assert await deliverer.deliver_due() == 1
+    finally:
+        await deliverer.stop()
+    assert len(redirecting.requests) == 1
+    assert target.requests == []
+    [log] = await deliveries(owner, webhook["id"])
+    assert log["delivery_status"] == "pending"  # retried on the schedule, like any failure
+    assert log["last_status_code"] == 302
+    assert log["last_error"] == "receiver answered 302 (redirects are not followed)"
+    assert [a["status_code"] for a in log["attempts"]] == [302]
+
+
+async def test_a_pinned_connection_keeps_the_host_header(
+    ctx: ServiceContext, accounts: Accounts, monkeypatch: pytest.MonkeyPatch, receivers: Any
+) -> None:
+    receiver = await receivers()
+    monkeypatch.setattr(egress, "system_resolver", Resolver(first=["127.0.0.1"]))
+    owner = await accounts.signup("owner")
+    await hook(owner, f"http://localhost:{receiver.port}/hook")
+    await finish(ctx, owner)
+    deliverer = Deliverer(ctx)  # the server's own transport, with the (replaced) resolver
+    try:
+        assert await deliverer.deliver_due() == 1
+    finally:
+        await deliverer.stop()
+    [(headers, _)] = receiver.requests
+    assert headers["host"] == f"localhost:{receiver.port}"
+
+
+def certificates(directory: Path, name: str) -> tuple[ssl.SSLContext, tuple[Path, Path]]:
+    """A throwaway CA and a certificate for ``name`` signed by it: a client context trusting
+    the CA, and the server's (certificate, key) files."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Runyard test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "leaf.pem", directory / "leaf.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    trusting = ssl.create_default_context(
+        cadata=ca.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    return trusting, (cert_file, key_file)
+
+
+async def test_tls_to_a_pinned_address_verifies_the_name(
+    ctx: ServiceContext,
+    accounts: Accounts,
+    monkeypatch: pytest.MonkeyPatch,
+    receivers: Any,
+    tmp_path: Path,
+) -> None:
+    """The connection goes to the checked address (127.0.0.1 here, with the development
+    setting) while SNI, certificate verification and Host use the name: the certificate's
+    name is accepted, another name on the same address is not."""
+    trusting, files = certificates(tmp_path, "hooks.runyard.test")
+    receiver = await receivers(tls=files)
+    monkeypatch.setattr(egress, "system_resolver", Resolver(first=["127.0.0.1"]))
+    owner = await accounts.signup("owner")
+    good = await hook(owner, f"https://hooks.runyard.test:{receiver.port}/hook")
+    wrong = await hook(owner, f"https://other.runyard.test:{receiver.port}/hook")
+    await finish(ctx, owner)
+    transport = EgressTransport(webhook_policy(True), verify=trusting)
+    deliverer = Deliverer(ctx, transport)
+    try:
+        assert await deliverer.deliver_due() == 2
+    finally:
+        await deliverer.stop()
+    [(headers, _)] = receiver.requests  # only the delivery whose name the certificate holds
+    assert headers["host"] == f"hooks.runyard.test:{receiver.port}"
+    [delivered] = await deliveries(owner, good["id"])
+    assert delivered["delivery_status"] == "delivered"
+    [refused] = await deliveries(owner, wrong["id"])
+    assert "certificate" in refused["last_error"].lower()
+    assert refused["last_status_code"] is None
