@@ -41,10 +41,9 @@ def server(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Run the control plane (API, and later the agent gateway and dashboard)."""
-    import uvicorn
-
+    """Run the control plane: the API, the agent gateway, the engine and the dashboard."""
     from runyard.app import create_app
+    from runyard.cli.serve import DrainingServer, server_config
 
     settings = _settings(data_dir)
     if host is not None:
@@ -52,14 +51,8 @@ def server(
     if port is not None:
         settings.server.port = port
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-    )
+    app = create_app(settings)
+    DrainingServer(server_config(app, settings.server.host, settings.server.port)).run()
 
 
 @db_app.command("upgrade")

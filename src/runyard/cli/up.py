@@ -207,9 +207,8 @@ def up(
     if simulate and not with_agent:
         err.print("error: --simulate goes with --with-agent")
         raise typer.Exit(2)
-    import uvicorn
-
     from runyard.app import create_app
+    from runyard.cli.serve import server_config
     from runyard.cli.upserver import UpServer
     from runyard.config import load_settings
     from runyard.logging import configure_logging
@@ -251,14 +250,7 @@ def up(
     # The key goes through the environment, never the command line (visible in `ps`).
     agent_env = {**os.environ, "RUNYARD_AGENT_KEY": boot["agent_key"]}
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-    )
+    config = server_config(create_app(settings), settings.server.host, settings.server.port)
     path = settings.data_dir / BOOTSTRAP_FILE
     server = UpServer(
         config,

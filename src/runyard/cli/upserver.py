@@ -12,9 +12,10 @@ from types import FrameType
 import uvicorn
 
 from runyard.cli.common import err
+from runyard.cli.serve import DrainingServer
 
 
-class UpServer(uvicorn.Server):
+class UpServer(DrainingServer):
     """uvicorn's server, plus a local agent process started once the server listens and
     stopped (given time to hand work back) before the server stops."""
 

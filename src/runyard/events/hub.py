@@ -119,6 +119,8 @@ class Feed:
 class EventHub:
     def __init__(self, bus: Bus) -> None:
         self._feeds: dict[str, Feed] = {}
+        #: The server is stopping: every stream ends, telling its client to reconnect.
+        self.draining = False
         bus.subscribe(TASK_EVENT, self._on_task_event)
         bus.on_resync(self._refresh_all)
 
@@ -130,6 +132,13 @@ class EventHub:
         feed = self._feeds.get(task_id)
         if feed is not None:
             self.refresh(feed)
+
+    def drain(self) -> None:
+        """End every stream now (the server is stopping); later ones end at once too."""
+        self.draining = True
+        for feed in list(self._feeds.values()):
+            for waiter in list(feed.waiters):
+                waiter.set()
 
     def _refresh_all(self) -> None:
         for feed in list(self._feeds.values()):
@@ -210,6 +219,10 @@ async def stream_task_events(
     try:
         yield b"retry: 2000\n\n"
         while True:
+            if hub.draining:
+                # Reconnect soon: to another server, or to this one once it is back.
+                yield b"retry: 1000\n: the server is stopping; reconnect\n\n"
+                return
             waiter.clear()
             events = None if replaying else feed.since(last)
             ended = False
