@@ -113,7 +113,8 @@ class EventSettings(BaseSettings):
 class WebhookSettings(BaseSettings):
     model_config = _section("RUNYARD_WEBHOOKS_")
 
-    #: Allow ``http://`` URLs to loopback (and loopback addresses at all): development and tests.
+    #: Allow loopback destinations (and plain ``http://`` to them): development and tests.
+    #: Nothing else that is not public is ever allowed (``security/egress.py``).
     allow_http_loopback: bool = False
     #: Seconds a receiver has to answer one delivery attempt.
     timeout_seconds: float = Field(default=10.0, gt=0)
