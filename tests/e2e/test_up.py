@@ -158,6 +158,8 @@ def test_up_with_a_simulated_agent_stops_both_and_reuses_credentials(tmp_path: P
         stop(proc)
     first = first_log.read_text()
     assert "Runyard is up" in first and boot["password"] in first  # shown on first start
+    assert f"Dashboard    http://127.0.0.1:{port}/" in first
+    assert "not built yet" not in first
     assert f"runyard login --bootstrap {data}/bootstrap.json" in first
     assert '"event": "agent_stopped"' in first
 

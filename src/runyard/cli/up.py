@@ -115,7 +115,8 @@ def _banner(
         shown = str(path)
         lines = [
             f"[bold green]Runyard is up[/] at {url}",
-            f"  API docs     {url}/api/v1/docs (the web dashboard is not built yet)",
+            f"  Dashboard    {url}/ (sign in as the owner below)",
+            f"  API docs     {url}/api/v1/docs",
             f"  Data         {settings.data_dir} ({_database_kind(settings)}, local files)",
         ]
         if outcome == "reused":
