@@ -43,13 +43,14 @@ def server(
 ) -> None:
     """Run the control plane: the API, the agent gateway, the engine and the dashboard."""
     from runyard.app import create_app
-    from runyard.cli.serve import DrainingServer, server_config
+    from runyard.cli.serve import DrainingServer, check_port, server_config
 
     settings = _settings(data_dir)
     if host is not None:
         settings.server.host = host
     if port is not None:
         settings.server.port = port
+    check_port(settings.server.host, settings.server.port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     DrainingServer(server_config(app, settings.server.host, settings.server.port)).run()

@@ -9,13 +9,35 @@ and bounds the wait for anything else that is still open.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
+import typer
 import uvicorn
+
+from runyard.cli.common import err
 
 #: Longest wait for open requests (uploads, downloads) once a stop was asked for.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def check_port(host: str, port: int) -> None:
+    """Exit with one clear line when the port cannot be listened on, before anything starts
+    (uvicorn would only find out after the engine had started against the database)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: a port in TIME_WAIT from a previous run is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "is in use (another Runyard, or another program); choose one with --port"
+            else:
+                why = f"cannot be used: {exc.strerror or exc}"
+            err.print(f"error: port {port} on {host} {why}", markup=False)
+            raise typer.Exit(2) from None
 
 
 def server_config(app: Any, host: str, port: int) -> uvicorn.Config:

@@ -209,7 +209,7 @@ def up(
         err.print("error: --simulate goes with --with-agent")
         raise typer.Exit(2)
     from runyard.app import create_app
-    from runyard.cli.serve import server_config
+    from runyard.cli.serve import check_port, server_config
     from runyard.cli.upserver import UpServer
     from runyard.config import load_settings
     from runyard.logging import configure_logging
@@ -220,6 +220,7 @@ def up(
         settings.server.host = host
     if port is not None:
         settings.server.port = port
+    check_port(settings.server.host, settings.server.port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     server_url = settings.public_url()
     try:
