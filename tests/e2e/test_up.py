@@ -215,3 +215,36 @@ def test_simulate_goes_with_an_agent(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--simulate goes with --with-agent" in result.stderr
     assert not (tmp_path / "bootstrap.json").exists()
+
+
+def test_a_local_agent_that_dies_is_started_again(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    log = tmp_path / "up.log"
+    proc = _start(data, port, log, "--with-agent", "--simulate", "--run-seconds", "0.1")
+    try:
+        boot = json.loads((data / "bootstrap.json").read_text())
+        [first] = psutil.Process(proc.pid).children()
+        first.kill()  # as the OOM killer would
+        first.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            again = [c for c in psutil.Process(proc.pid).children() if c.pid != first.pid]
+            if again:
+                break
+            time.sleep(0.1)
+        with Runyard(url, email=boot["email"], password=boot["password"]) as owner:
+            owner.import_workflow(SIM_GRAPH, slug="sim", parameters=SIM_PARAMETERS)
+        with Runyard(url, api_key=boot["api_key"]) as client:
+            assert client.run("sim", {"prompt": "x"}, wait=True, timeout=30).ok  # on the new one
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        _, alive = psutil.wait_procs(again, timeout=10)
+        assert not alive, "the restarted agent outlived runyard up"
+    finally:
+        stop(proc)
+    text = log.read_text()
+    assert "the local agent exited (code -9); restarting it in 1 s" in text
+    assert "the local agent is running again" in text

@@ -14,10 +14,17 @@ import uvicorn
 from runyard.cli.common import err
 from runyard.cli.serve import DrainingServer
 
+#: Pauses before restarting a local agent that exited on its own: doubling up to the cap,
+#: back to the first after it ran this long.
+RESTART_FIRST_SECONDS = 1.0
+RESTART_CAP_SECONDS = 30.0
+RESTART_RESET_AFTER_SECONDS = 60.0
+
 
 class UpServer(DrainingServer):
-    """uvicorn's server, plus a local agent process started once the server listens and
-    stopped (given time to hand work back) before the server stops."""
+    """uvicorn's server, plus a local agent process started once the server listens,
+    restarted (with backoff) when it dies on its own, and stopped (given time to hand work
+    back) before the server stops."""
 
     def __init__(
         self,
@@ -42,19 +49,40 @@ class UpServer(DrainingServer):
         if not self.started or self.should_exit:
             return
         if self.agent_argv:
-            self.agent = await asyncio.create_subprocess_exec(
-                *self.agent_argv,
-                env=self.agent_env,
-                # Its own process group: Ctrl-C reaches only us, and we stop it once, gently.
-                start_new_session=True,
-            )
-            self._watcher = asyncio.create_task(self._watch_agent(self.agent))
+            self.agent = await self._start_agent(self.agent_argv)
+            self._watcher = asyncio.create_task(self._supervise(self.agent_argv))
         self.on_ready(self.agent.pid if self.agent else None)
 
-    async def _watch_agent(self, agent: asyncio.subprocess.Process) -> None:
-        code = await agent.wait()
-        if not self._agent_signalled and not self.should_exit:
-            err.print(f"warning: the local agent exited (code {code}); the server keeps running")
+    async def _start_agent(self, argv: list[str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            env=self.agent_env,
+            # Its own process group: Ctrl-C reaches only us, and we stop it once, gently.
+            start_new_session=True,
+        )
+
+    async def _supervise(self, argv: list[str]) -> None:
+        """Restart the local agent whenever it exits on its own, as a one-command stack
+        should, with a growing pause so a crashing agent does not spin."""
+        loop = asyncio.get_running_loop()
+        pause = RESTART_FIRST_SECONDS
+        while self.agent is not None:
+            started = loop.time()
+            code = await self.agent.wait()
+            if self._agent_signalled or self.should_exit:
+                return
+            if loop.time() - started >= RESTART_RESET_AFTER_SECONDS:
+                pause = RESTART_FIRST_SECONDS
+            err.print(
+                f"warning: the local agent exited (code {code}); restarting it in {pause:g} s",
+                markup=False,
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESTART_CAP_SECONDS)
+            if self._agent_signalled or self.should_exit:
+                return
+            self.agent = await self._start_agent(argv)
+            err.print(f"the local agent is running again (pid {self.agent.pid})", markup=False)
 
     def _signal_agent(self) -> None:
         agent = self.agent
