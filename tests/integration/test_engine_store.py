@@ -218,7 +218,8 @@ async def test_a_new_task_waits_and_is_claimed_once(port: Port) -> None:
 async def test_mark_waiting_moves_only_pending_tasks(port: Port) -> None:
     pending, claimed = await port.new_task(), await port.new_task()
     await claim(port, claimed)
-    moved = await port.store.mark_waiting([entry(pending), entry(claimed)], T0, "no agent")
+    why = {pending: "no agent has sdxl", claimed: "no agent"}
+    moved = await port.store.mark_waiting([entry(pending), entry(claimed)], T0, why)
     assert moved == [pending]
     assert (await state(port, pending)).status is TaskStatus.WAITING
     assert not port.heard.last().waiting[pending].pending

@@ -117,6 +117,10 @@ async def test_a_task_waits_for_an_agent_with_its_labels() -> None:
     await rig.engine.dispatcher.round()
     assert dispatches(cpu) == []
     assert rig.task(task).status is TaskStatus.WAITING
+    # It says what it waits for, and what no agent here has.
+    assert rig.task(task).events[-1][1]["reason"] == (
+        "waiting for an eligible agent (labels: gpu, sdxl); no agent connected here has gpu, sdxl"
+    )
     gpu = await rig.agent("gpu-1", labels=["gpu", "sdxl", "fp16"])
     await rig.engine.dispatcher.round()
     assert [d.task_id for d in dispatches(gpu)] == [task.id]

@@ -344,4 +344,25 @@ class Dispatcher:
         if self._pending:
             self.wake()  # the rest in the next rounds
         if entries:
-            await self.store.mark_waiting(entries, self.now(), "waiting for eligible agent")
+            reasons = {e.task_id: self._why_waiting(e) for e in entries}
+            await self.store.mark_waiting(entries, self.now(), reasons)
+
+    def _why_waiting(self, entry: WaitingTask) -> str:
+        """Why a task waits, in words a user can act on: the labels it needs and which of them
+        no agent connected here has (other servers may have agents of their own)."""
+        if not entry.labels:
+            return "waiting for an eligible agent"
+        needed = ", ".join(sorted(entry.labels))
+        seen: set[str] = set()
+        for conn in self.agents:
+            if entry.pool in conn.pools and (
+                entry.pool == "community" or conn.team_id == entry.team_id
+            ):
+                seen |= conn.labels
+        missing = sorted(entry.labels - seen)
+        if not missing:
+            return f"waiting for an eligible agent (labels: {needed}); those connected are busy"
+        return (
+            f"waiting for an eligible agent (labels: {needed}); no agent connected here has "
+            + ", ".join(missing)
+        )

@@ -430,11 +430,12 @@ class AgentRepos:
         self.session.changes.events.update(c.id for c in claims)
 
     async def mark_waiting(
-        self, task_ids: Sequence[str], now: datetime, timestamp: str, reason: str
+        self, reasons: dict[str, str], now: datetime, timestamp: str
     ) -> list[str]:
-        """``pending → waiting`` for those still pending, with their events; returns them."""
+        """``pending → waiting`` for those still pending (task id → why it waits), with their
+        events; returns them."""
         moved: list[tuple[str, int]] = []
-        for task_id in task_ids:
+        for task_id in reasons:
             row = (
                 await self.session.execute(MARK_WAITING, {"p_id": task_id, "p_now": now})
             ).first()
@@ -452,7 +453,7 @@ class AgentRepos:
                             "task_id": task_id,
                             "status": TaskStatus.WAITING.value,
                             "timestamp": timestamp,
-                            "reason": reason,
+                            "reason": reasons[task_id],
                         },
                         "created_at": now,
                     }

@@ -212,11 +212,12 @@ class SqlEngineStore:
         return result
 
     async def mark_waiting(
-        self, tasks: Sequence[WaitingTask], now: datetime, reason: str
+        self, tasks: Sequence[WaitingTask], now: datetime, reasons: dict[str, str]
     ) -> list[str]:
         by_id = {t.task_id: t for t in tasks}
+        why = {t: reasons.get(t, "waiting for an eligible agent") for t in by_id}
         async with self.db.write() as session:
-            moved = await AgentRepos(session).mark_waiting(list(by_id), now, iso(now), reason)
+            moved = await AgentRepos(session).mark_waiting(why, now, iso(now))
             # Another replica may have skipped these rows while they were locked here (and
             # dropped them from its index): announced again so every one can place them.
             for task_id in moved:

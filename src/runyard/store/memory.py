@@ -356,13 +356,14 @@ class MemoryStore:
         return result
 
     async def mark_waiting(
-        self, tasks: Sequence[WaitingTask], now: datetime, reason: str
+        self, tasks: Sequence[WaitingTask], now: datetime, reasons: dict[str, str]
     ) -> list[str]:
         moved: list[str] = []
         async with self.transaction() as tx:
             for entry in tasks:
                 task = self.tasks.get(entry.task_id)
                 if task is not None and task.status is TaskStatus.PENDING:
+                    reason = reasons.get(task.id, "waiting for an eligible agent")
                     self._change(tx, task, TaskStatus.WAITING, now, {"reason": reason})
                     tx.changes.waiting[task.id] = replace(entry, pending=False)
                     moved.append(task.id)

@@ -198,9 +198,10 @@ class EngineStore(Protocol):
         claims go into the transaction's changes (dispatched once it commits)."""
 
     async def mark_waiting(
-        self, tasks: Sequence[WaitingTask], now: datetime, reason: str
+        self, tasks: Sequence[WaitingTask], now: datetime, reasons: dict[str, str]
     ) -> list[str]:
-        """``pending → waiting`` for those still pending; returns their ids."""
+        """``pending → waiting`` for those still pending, each with why it waits (task id →
+        reason); returns their ids."""
 
     async def task_inputs(self, task_id: str) -> list[InputFile]: ...
 
