@@ -31,7 +31,8 @@ with Runyard(boot["server_url"], api_key=boot["api_key"]) as runyard:
 
     def show(event: TaskEvent) -> None:
         if event.event == "progress" and event.progress is not None:
-            print(f"  {event.progress:4.0%}  node {event.current_node}")
+            node = f"  node {event.current_node}" if event.current_node else ""
+            print(f"  {event.progress:4.0%}{node}")
         elif event.status:
             print(f"  {event.status}")
 

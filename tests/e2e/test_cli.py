@@ -100,6 +100,13 @@ def test_run_wait_json_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
     submitted = cli(env, "run", "sim", "-p", "simulate_seconds=0")
     assert submitted.returncode == 0 and len(submitted.stdout.strip()) == 36
 
+    # A string parameter takes what was typed, even when it reads as JSON (42, true).
+    typed = cli(
+        env, "run", "sim", "-p", "prompt=42", "-p", "simulate_seconds=0", "--wait", "--json"
+    )
+    assert typed.returncode == 0, typed.stderr
+    assert json.loads(typed.stdout)["task"]["task_status"] == "completed"
+
 
 @pytest.mark.parametrize(
     ("args", "extra_env", "code", "message"),

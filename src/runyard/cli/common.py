@@ -279,5 +279,16 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
+def text_values(items: list[str] | None) -> dict[str, str]:
+    """``-p key=value`` values as typed, for parameters the workflow declares as text
+    (``-p prompt=42`` means the text ``42`` there, not a number)."""
+    found: dict[str, str] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() and not raw.startswith("@"):
+            found[key.strip()] = raw
+    return found
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")

@@ -30,10 +30,19 @@ from runyard.cli.common import (
     parse_params,
     print_json,
     table,
+    text_values,
     when,
     with_client,
 )
-from runyard.client import DownloadProgress, Runyard, Task, TaskEvent, TaskResult, UploadProgress
+from runyard.client import (
+    DownloadProgress,
+    Runyard,
+    RunyardError,
+    Task,
+    TaskEvent,
+    TaskResult,
+    UploadProgress,
+)
 from runyard.domain.limits import MAX_RUNS_PER_REQUEST, PRIORITY
 
 app = typer.Typer(no_args_is_help=True, help="Tasks: list, show, cancel, watch, result.")
@@ -272,7 +281,7 @@ def run(
         )
     if count > 1 and idempotency_key:
         raise UsageError("--idempotency-key is for one run; it does not go with --count")
-    parameters = parse_params(param)
+    parameters = _as_declared(client, workflow, parse_params(param), text_values(param))
     if count > 1:
         task_ids = _submit_many(client, workflow, parameters, priority, count, as_json)
         if as_json:
@@ -293,6 +302,22 @@ def run(
         err.print(f"Task {task_id} submitted", markup=False)
         task = _watch(client, task_id, timeout)
     _finish(client, task, out_dir, as_json, overwrite)
+
+
+def _as_declared(
+    client: Runyard, workflow: str, parameters: dict[str, Any], typed: dict[str, str]
+) -> dict[str, Any]:
+    """Values read as JSON (``42``, ``true``) go back to the text that was typed where the
+    workflow declares the parameter a string; asks for the workflow only when that can be."""
+    parsed = [k for k, v in parameters.items() if k in typed and not isinstance(v, str)]
+    if not parsed:
+        return parameters
+    try:
+        declared = {p.key: p.type for p in client.get_workflow(workflow).parameters}
+    except RunyardError:
+        return parameters  # the submit says what is wrong with the workflow
+    text = {k: typed[k] for k in parsed if declared.get(k) == "string"}
+    return {**parameters, **text}
 
 
 def _submit(
