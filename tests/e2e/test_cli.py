@@ -116,6 +116,7 @@ def test_run_wait_json_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
         (["run", "sim", "-p", "nope=1"], {}, 1, "nope"),
         (["run", "sim", "--count", "2", "-p", "nope=1"], {}, 1, "runs[0]: "),
         (["run", "sim", "--count", "3", "--wait"], {}, 2, "follow one run, not --count 3"),
+        (["run", "sim", "--count", "0"], {}, 2, "--count must be a whole number from 1 to"),
         (["run", "sim", "--count", "2", "--idempotency-key", "k"], {}, 2, "is for one run"),
         (["tasks", "show", "not-a-uuid"], {}, 1, "taskId"),
         (["agents", "list", "--api-key", "sk-wrong"], {}, 1, "invalid credential"),
@@ -215,6 +216,10 @@ def test_tasks_agents_keys_and_webhooks(env: dict[str, str], tmp_path: Path) -> 
     assert task_id in table.stdout
     cancelled = invoke(env, "tasks", "cancel", task_id)
     assert cancelled.exit_code == 0, cancelled.output
+    assert f"Task {task_id}: cancelled" in cancelled.stdout
+    again = invoke(env, "tasks", "cancel", task_id)
+    assert again.exit_code == 0, again.output
+    assert "had already ended (cancelled); nothing was cancelled" in again.stdout
     watched = invoke(env, "tasks", "watch", task_id, "--json")
     assert watched.exit_code == 1  # it was cancelled
     events = [json.loads(line) for line in watched.stdout.splitlines()]

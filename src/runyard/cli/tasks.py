@@ -262,7 +262,6 @@ def run(
         int,
         typer.Option(
             "--count",
-            min=1,
             help=f"Submit this many runs with the same parameters ({MAX_RUNS_PER_REQUEST} per "
             "request); prints one task id a line. Not with --wait, --out or --idempotency-key.",
         ),
@@ -274,6 +273,8 @@ def run(
     With --wait (or --out) it follows the task with a progress bar, downloads its outputs and
     exits 0 only if it completed.
     """
+    if not 1 <= count <= 10_000:
+        raise UsageError(f"--count must be a whole number from 1 to 10000, not {count}")
     if count > 1 and (wait or out_dir):
         raise UsageError(
             f"--wait and --out follow one run, not --count {count}: submit without them and "
@@ -422,10 +423,13 @@ def cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a task that has not ended yet (an ended task stays as it is)."""
+    before = client.get_task(task_id).task_status
     client.cancel_task(task_id)
     task = client.get_task(task_id)
     if as_json:
         print_json(task)
+    elif before.value in ("completed", "failed", "cancelled"):
+        out.print(f"Task {task_id} had already ended ({before.value}); nothing was cancelled")
     else:
         out.print(f"Task {task_id}: {task.task_status.value}")
 
