@@ -120,6 +120,7 @@ def test_run_wait_json_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
         (["run", "sim", "--count", "2", "--idempotency-key", "k"], {}, 2, "is for one run"),
         (["tasks", "show", "not-a-uuid"], {}, 1, "taskId"),
         (["agents", "list", "--api-key", "sk-wrong"], {}, 1, "invalid credential"),
+        (["--api-key", "sk-wrong", "agents", "list"], {}, 1, "invalid credential"),
         (["agents", "list"], {"RUNYARD_SERVER_URL": "http://127.0.0.1:9"}, 1, "cannot reach"),
         (["agents", "list"], {"RUNYARD_API_KEY": ""}, 2, "no credentials"),
         (["workflows", "import", "missing.json", "--slug", "x"], {}, 2, "no such file"),

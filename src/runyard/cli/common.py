@@ -30,6 +30,9 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 
 class State:
     debug = False
+    #: Connection options given before the command (``runyard --api-key … tasks list``);
+    #: the command's own take precedence.
+    connection: dict[str, str | None] = {}  # noqa: RUF012 (one process-wide state)
 
 
 state = State()
@@ -132,6 +135,9 @@ def with_client(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def run(**options: Any) -> None:
         where = {p.name: options.pop(p.name) for p in _CONNECTION_OPTIONS}
+        for name, value in state.connection.items():
+            if where.get(name) is None:
+                where[name] = value
         with cli_errors(), connect(**where) as client:
             command(client, **options)
 

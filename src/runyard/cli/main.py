@@ -28,7 +28,7 @@ import typer
 
 from runyard import __version__
 from runyard.cli import agent, auth, dev, ops, tasks, team, up, workflows
-from runyard.cli.common import state
+from runyard.cli.common import ApiKeyOpt, EmailOpt, ServerOpt, TeamOpt, state
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,7 +36,6 @@ R = TypeVar("R")
 #: The top-level modules the server commands import that only ``runyard[server]`` installs.
 SERVER_MODULES = (
     "fastapi",
-    "fastapi_offline",
     "uvicorn",
     "sqlalchemy",
     "alembic",
@@ -48,6 +47,7 @@ SERVER_MODULES = (
     "cryptography",
     "boto3",
     "jinja2",
+    "fastapi_offline",
 )
 SERVER_EXTRA = "pip install 'runyard[server]'"
 
@@ -117,9 +117,17 @@ def root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    email: EmailOpt = None,
+    team: TeamOpt = None,
 ) -> None:
-    """Runyard: run GPU work on machines you own."""
+    """Runyard: run GPU work on machines you own.
+
+    The connection options work before the command too: runyard --api-key sk-… tasks list.
+    """
     state.debug = debug
+    state.connection = {"server": server, "api_key": api_key, "email": email, "team": team}
 
 
 app.command(rich_help_panel="Run Runyard")(needs_server(up.up))
