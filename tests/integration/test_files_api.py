@@ -443,3 +443,26 @@ async def test_partial_uploads_left_by_a_crash_are_swept(
     clock.advance(ctx.settings.storage.link_ttl_seconds + 60)
     assert (await sweep(ctx)).orphans == 1
     assert not partial.exists()
+
+
+async def test_a_file_parameter_takes_only_the_types_it_accepts(accounts: Accounts) -> None:
+    owner = await accounts.signup("alice")
+    body = image_workflow("clips")
+    for param in body["parameters"]:
+        if param["key"] == "init_image":
+            param["accept"] = ["image/*", ".exr"]
+    imported = await owner.request("POST", f"{API}/workflows/import", json=body)
+    assert imported.status_code == 200, imported.text
+    workflow_id = imported.json()["id"]
+    notes = await upload_input(
+        owner.client, owner.headers(), b"{}", "notes.json", "application/json"
+    )
+    refused = await run(owner, workflow_id, notes)
+    assert refused.status_code == 400
+    assert refused.json()["error_message"] == (
+        "parameter 'init_image': notes.json (application/json) is not one of the accepted "
+        "types: image/*, .exr"
+    )
+    for name, kind in (("photo.png", "image/png"), ("plate.exr", "application/octet-stream")):
+        key = await upload_input(owner.client, owner.headers(), b"px", name, kind)
+        assert (await run(owner, workflow_id, key)).status_code == 202

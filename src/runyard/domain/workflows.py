@@ -84,6 +84,26 @@ class ParameterDef:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def accepts(patterns: tuple[str, ...] | None, file_name: str, content_type: str) -> bool:
+    """Whether a file matches a ``file`` parameter's ``accept`` list: MIME types
+    (``video/mp4``), families (``image/*``) or extensions (``.png``), as HTML's ``accept``
+    attribute reads them. No list: anything goes."""
+    if not patterns:
+        return True
+    kind = content_type.split(";", 1)[0].strip().lower()
+    name = file_name.lower()
+    for pattern in (p.strip().lower() for p in patterns):
+        if pattern.startswith("."):
+            if name.endswith(pattern):
+                return True
+        elif pattern.endswith("/*"):
+            if kind.startswith(pattern[:-1]):
+                return True
+        elif pattern in (kind, "*/*", "*"):
+            return True
+    return False
+
+
 def check_slug(slug: str) -> None:
     if not SLUG_MIN <= len(slug) <= SLUG_MAX or not _SLUG.match(slug):
         raise BadRequest(

@@ -23,6 +23,7 @@ from runyard.domain.errors import BadRequest, Gone, NotFound, PayloadTooLarge, P
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
 from runyard.domain.tasks import TaskStatus
+from runyard.domain.workflows import accepts
 from runyard.logging import get_logger
 from runyard.objects import (
     InvalidUpload,
@@ -302,8 +303,14 @@ def is_team_input(team_id: str, key: str) -> bool:
     return all(part not in ("", ".", "..") for part in parts) and "\\" not in key
 
 
-async def check_inputs(ctx: ServiceContext, team_id: str, inputs: Mapping[str, Any]) -> None:
-    """Every ``file`` parameter names an uploaded, unexpired input of the team."""
+async def check_inputs(
+    ctx: ServiceContext,
+    team_id: str,
+    inputs: Mapping[str, Any],
+    accept: Mapping[str, tuple[str, ...] | None] | None = None,
+) -> None:
+    """Every ``file`` parameter names an uploaded, unexpired input of the team, of a type its
+    ``accept`` list allows."""
     if not inputs:
         return  # most runs: no file parameter, no read
     keys = [v for v in inputs.values() if isinstance(v, str)]
@@ -318,6 +325,12 @@ async def check_inputs(ctx: ServiceContext, team_id: str, inputs: Mapping[str, A
             raise BadRequest(f"{where}: {key!r} is not an input file of this team")
         if row.expires_at is not None and row.expires_at <= now:
             raise BadRequest(f"{where}: {key!r} has expired; upload it again")
+        allowed = (accept or {}).get(param)
+        if not accepts(allowed, row.file_name, row.content_type):
+            raise BadRequest(
+                f"{where}: {row.file_name} ({row.content_type}) is not one of the accepted "
+                f"types: {', '.join(allowed or ())}"
+            )
         if row.uploaded_at is not None:
             continue
         if row.multipart_upload_id is not None:

@@ -170,7 +170,8 @@ async def _prepare(
         for d in spec.parameters
         if d.type is ParamType.FILE and d.key in resolved
     }
-    await files.check_inputs(ctx, scope.team_id, file_inputs)
+    accept = {d.key: d.accept for d in spec.parameters if d.type is ParamType.FILE}
+    await files.check_inputs(ctx, scope.team_id, file_inputs, accept)
     rendered = render(spec.tool_type, spec.workflow_json, spec.parameters, resolved)
     # Sizes that always fit the frames that carry the task (and text the databases can hold).
     limits.check_task_size(resolved, rendered, _template_bytes(wf))
