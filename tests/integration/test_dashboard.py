@@ -705,3 +705,32 @@ async def test_the_webhook_page_pings_redelivers_and_rotates_the_secret(
     assert new_secret not in (await browser.get(path)).text  # shown once
     refused = await browser.post(f"{path}/rotate-secret", csrf=False)
     assert refused.status_code == 403
+
+
+async def test_workflow_and_task_pages_read_as_a_person_expects(
+    client: httpx.AsyncClient, accounts: Accounts, browsers: list[Browser], ctx: ServiceContext
+) -> None:
+    from runyard.domain.tasks import TaskStatus
+    from tests.integration.uploads import move
+
+    owner = await accounts.signup("owner")
+    imported = await owner.request(
+        "POST", "/api/v1/workflows/import", json=image_workflow("foxes", display_name="Foxes")
+    )
+    wf_id = imported.json()["id"]
+    browser = await sign_in(client, owner)
+    browsers.append(browser)
+    page = (await browser.get(f"/workflows/{wf_id}")).text
+    # Integer bounds as people write them, not as JSON floats.
+    assert "<td>1 … 150</td>" in page and "1.0" not in page and "150.0" not in page
+    assert 'min="1" max="150"' in page
+
+    ran = await browser.post(f"/workflows/{wf_id}/run", {"p.prompt": "a fox in the snow"})
+    task_id = ran.headers["location"].removeprefix("/tasks/")
+    await move(ctx, task_id, TaskStatus.FAILED, task_error="the GPU caught fire")
+    shown = (await browser.get(f"/tasks/{task_id}")).text
+    # The parameters it ran with, and no promise of outputs that will never come.
+    assert '<h2 id="params-heading">Parameters</h2>' in shown
+    assert '<td class="wrap">a fox in the snow</td>' in shown
+    assert "This task ended failed: it has no outputs." in shown
+    assert "Outputs appear here when the task completes." not in shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +75,24 @@ templates = Environment(
 templates.filters["when"] = _when
 templates.filters["iso"] = _iso
 templates.filters["size"] = _size
+
+
+def _num(value: int | float | None) -> str:
+    """A bound as people write it: ``150``, not ``150.0`` (JSON keeps numbers as floats)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shown(value: Any) -> str:
+    """A parameter's value as a person reads it: text as is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+templates.filters["num"] = _num
+templates.filters["shown"] = _shown
 templates.globals["csrf_field"] = web_sessions.CSRF_FIELD
 
 
