@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runyard import __version__
+from runyard.api.boundary import boundary_check
 from runyard.api.docs import install_docs
 from runyard.api.errors import error_response, install_error_handlers
+from runyard.api.openapi import document_errors
 from runyard.api.routes import api_router
 from runyard.config import Settings
 from runyard.context import NoEngine, ServiceContext, build_context
@@ -120,6 +122,11 @@ class _App(FastAPI):
         # Outside every other layer: zero-copy transfers need the server's own ``send``.
         return ZeroCopyMiddleware(stack, OBJECTS_PATH)
 
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:  # generated once, with every error status it answers
+            self.openapi_schema = document_errors(super().openapi())
+        return self.openapi_schema
+
 
 def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI:
     """Build the app. Pass ``ctx`` to reuse an open database (tests); else one is opened.
@@ -201,7 +208,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
         app.state.ctx = ctx
     app.state.zero_copy = settings.storage.local_zero_copy
     install_error_handlers(app)
-    app.include_router(api_router)
+    app.include_router(api_router, dependencies=[Depends(boundary_check)])
     app.include_router(gateway_router)
     app.include_router(web_router)  # the dashboard at /
     install_docs(app)

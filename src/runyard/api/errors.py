@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runyard.api.boundary import allowed_methods
 from runyard.domain.errors import RunyardError, Unauthorized
 from runyard.logging import get_logger
 from runyard.schemas.errors import describe_errors
@@ -39,7 +40,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, describe_validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "resource not found", 405: "method not allowed"}
         detail: Any = exc.detail
         message = (
@@ -47,9 +48,13 @@ def install_error_handlers(app: FastAPI) -> None:
             if detail in (None, "Not Found", "Method Not Allowed")
             else None
         )
-        return error_response(
-            exc.status_code, message or str(detail), dict(exc.headers) if exc.headers else None
-        )
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            # Every method the path has, not only those of the route Starlette tried first.
+            allowed = allowed_methods(request.app, request.scope)
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+        return error_response(exc.status_code, message or str(detail), headers or None)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:

@@ -1,10 +1,13 @@
-"""How a request that fails its schema is described in ``{"error_message": …}``: shared by
-the API and the dashboard, so both say the same thing about the same bad value."""
+"""Errors on the wire: ``ErrorBody`` (``{"error_message": …}``, the body of every error answer,
+a component of the OpenAPI document) and how a request that fails its schema is described in
+it: shared by the API and the dashboard, so both say the same thing about the same bad value."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -35,3 +38,11 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
                 where = where[len(prefix) :]
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "invalid request"
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer (any status from 400 up)."""
+
+    error_message: str = Field(
+        description="What went wrong, for a person to read; names the field when one is wrong."
+    )

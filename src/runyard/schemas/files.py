@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, Strict, StringConstraints
 
 from runyard.domain import limits
 
@@ -16,7 +16,8 @@ ContentType = Annotated[
     str,
     StringConstraints(min_length=limits.CONTENT_TYPE_MIN, max_length=limits.CONTENT_TYPE_MAX),
 ]
-Size = Annotated[int, Field(ge=0, le=limits.MAX_FILE_SIZE)]
+PartNumber = Annotated[int, Strict(), Field(ge=1)]
+Size = Annotated[int, Strict(), Field(ge=0, le=limits.MAX_FILE_SIZE)]
 
 
 class PresignIn(BaseModel):
@@ -37,7 +38,7 @@ class PresignOut(BaseModel):
 class MultipartInitiateIn(BaseModel):
     #: A ``file_key`` from ``POST /r/files/presign`` (the reference's way) …
     storage_key: FileKey | None = None
-    file_size: Annotated[int, Field(ge=1, le=limits.MAX_FILE_SIZE)]
+    file_size: Annotated[int, Strict(), Field(ge=1, le=limits.MAX_FILE_SIZE)]
     #: … or a new upload: its name and type.
     file_name: FileName | None = None
     content_type: ContentType | None = None
@@ -55,9 +56,7 @@ class PartLinksIn(BaseModel):
     storage_key: FileKey
     upload_id: UploadId
     #: Which parts to sign (default: all of them).
-    part_numbers: (
-        Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=limits.MAX_PARTS)] | None
-    ) = None
+    part_numbers: Annotated[list[PartNumber], Field(max_length=limits.MAX_PARTS)] | None = None
 
 
 class PartLink(BaseModel):
@@ -76,7 +75,7 @@ class PartLinksOut(BaseModel):
 
 
 class UploadedPartIn(BaseModel):
-    part_number: Annotated[int, Field(ge=1)]
+    part_number: PartNumber
     #: The ``ETag`` header the store answered the part's PUT with.
     etag: Annotated[str, StringConstraints(min_length=1, max_length=limits.ETAG_MAX)]
 

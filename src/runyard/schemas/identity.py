@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, EmailStr, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, EmailStr, Field, Strict, StringConstraints
 
 from runyard.domain import limits
 from runyard.domain.credentials import CredentialKind
@@ -186,7 +186,10 @@ class CredentialCreateRequest(BaseModel):
     kind: CredentialKind
     display_name: Name
     expires_in_days: (
-        Annotated[int, Field(ge=limits.KEY_EXPIRY_DAYS.low, le=limits.KEY_EXPIRY_DAYS.high)] | None
+        Annotated[
+            int, Strict(), Field(ge=limits.KEY_EXPIRY_DAYS.low, le=limits.KEY_EXPIRY_DAYS.high)
+        ]
+        | None
     ) = None
 
 

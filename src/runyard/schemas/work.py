@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    Strict,
     StringConstraints,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -61,18 +62,25 @@ NodeId = Annotated[
     str, BeforeValidator(_node_id), StringConstraints(min_length=1, max_length=limits.LABEL_MAX)
 ]
 Scalar = str | int | float
+#: A JSON number (an integer is one too), never a string holding one.
+Number = Annotated[float, Strict()]
 Description = Annotated[str, StringConstraints(max_length=limits.DESCRIPTION_MAX)]
 DisplayName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.WORKFLOW_NAME_MAX)
 ]
 Labels = Annotated[list[Label], Field(max_length=limits.MAX_LABELS)]
-TaskTimeout = Annotated[int, Field(ge=limits.TASK_TIMEOUT.low, le=limits.TASK_TIMEOUT.high)]
-MaxRetries = Annotated[int, Field(ge=limits.MAX_RETRIES.low, le=limits.MAX_RETRIES.high)]
+TaskTimeout = Annotated[
+    int, Strict(), Field(ge=limits.TASK_TIMEOUT.low, le=limits.TASK_TIMEOUT.high)
+]
+MaxRetries = Annotated[int, Strict(), Field(ge=limits.MAX_RETRIES.low, le=limits.MAX_RETRIES.high)]
 LabelText = Annotated[str, StringConstraints(max_length=limits.LABEL_MAX)]
-MinVram = Annotated[int, Field(ge=limits.MIN_VRAM_GB.low, le=limits.MIN_VRAM_GB.high)]
+MinVram = Annotated[int, Strict(), Field(ge=limits.MIN_VRAM_GB.low, le=limits.MIN_VRAM_GB.high)]
 Models = Annotated[list[Short], Field(max_length=limits.MAX_REQUIRED_MODELS)]
 Priority = Annotated[
-    int, Field(ge=PRIORITY.low, le=PRIORITY.high, description="Higher runs first."), _in(PRIORITY)
+    int,
+    Strict(),
+    Field(ge=PRIORITY.low, le=PRIORITY.high, description="Higher runs first."),
+    _in(PRIORITY),
 ]
 
 
@@ -81,10 +89,10 @@ class ParameterDefIn(BaseModel):
     type: ParamType = ParamType.STRING
     label: Short = ""
     description: Description = ""
-    required: bool = False
+    required: Annotated[bool, Strict()] = False
     default: Any = None
-    min: float | None = None
-    max: float | None = None
+    min: Number | None = None
+    max: Number | None = None
     options: Annotated[list[Scalar], Field(max_length=limits.MAX_OPTIONS)] | None = None
     accept: Annotated[list[Short], Field(max_length=limits.MAX_ACCEPT)] | None = None
     node_id: NodeId | None = None

@@ -12,6 +12,7 @@ from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission, Role
+from runyard.domain.text import UNSTORABLE_TEXT, first_unstorable
 from runyard.services import accounts, auth, web_sessions
 from runyard.services.auth import Caller, Surface, TeamScope
 from runyard.store.tables import User
@@ -174,7 +175,12 @@ async def read_form(request: Request) -> dict[str, str]:
     if content_type not in ("", "application/x-www-form-urlencoded"):
         raise BadRequest("forms must be sent as application/x-www-form-urlencoded")
     body = (await request.body()).decode("utf-8", errors="replace")
-    return dict(parse_qsl(body, keep_blank_values=True, max_num_fields=1000))
+    fields = parse_qsl(body, keep_blank_values=True, max_num_fields=1000)
+    # The API's text rule (api/boundary.py): a NUL (%00) would reach PostgreSQL as a 500.
+    bad = first_unstorable(fields)
+    if bad is not None:
+        raise BadRequest(f"{bad}: {UNSTORABLE_TEXT}")
+    return dict(fields)
 
 
 def check_origin(request: Request) -> None:

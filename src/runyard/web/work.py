@@ -16,6 +16,7 @@ from runyard.domain.limits import MAX_PAGE, MAX_RUNS_PER_REQUEST, PRIORITY
 from runyard.domain.pages import Page, first_page
 from runyard.domain.roles import Permission
 from runyard.domain.tasks import TaskStatus, ToolType
+from runyard.domain.text import UNSTORABLE_TEXT, find_unstorable
 from runyard.domain.workflows import (
     ParameterDef,
     ParamType,
@@ -98,6 +99,10 @@ def _import_errors(form: dict[str, str]) -> tuple[dict[str, str], WorkflowIn | N
         data["parameters"] = json.loads(raw_params) if raw_params else []
     except ValueError as exc:
         errors["parameters"] = f"not valid JSON ({exc})"
+    for field in ("workflow_json", "parameters"):
+        where = find_unstorable(data[field], field) if field not in errors else None
+        if where is not None:
+            errors[field] = f"{where}: {UNSTORABLE_TEXT}"
     labels = [x.strip() for x in form.get("required_labels", "").split(",") if x.strip()]
     data["required_labels"] = labels
     if "workflow_json" not in errors:
