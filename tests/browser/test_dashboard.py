@@ -175,7 +175,7 @@ async def run_a_workflow(page: Any, stack: Stack, tmp_path: Path, screenshot: Sc
 
     # The run form, generated from the parameters: text, number with bounds, select, file.
     steps = page.get_by_label("steps (optional)")
-    await expect(steps).to_have_attribute("max", "150.0")
+    await expect(steps).to_have_attribute("max", "150")
     await expect(page.get_by_label("sampler (optional)")).to_have_js_property("tagName", "SELECT")
     image = tmp_path / "fox.png"
     image.write_bytes(make_png(64, 64, b"fox"))
