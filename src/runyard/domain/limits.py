@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from runyard.domain.errors import BadRequest
+from runyard.domain.text import UNSTORABLE_TEXT, find_unstorable
 
 
 @dataclass(frozen=True)
@@ -143,29 +144,11 @@ def _size(count: int) -> str:
     return f"{count:,} bytes" + (f" ({count // MIB} MiB)" if count % MIB == 0 else "")
 
 
-def _bad_text(value: object) -> bool:
-    """Whether any string in ``value`` (keys too) holds text JSON or the databases cannot
-    store: a NUL character or an unpaired surrogate."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return True
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_bad_text(k) or _bad_text(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_bad_text(v) for v in value)
-    return False
-
-
 def json_size(value: object, where: str) -> int:
     """Bytes of ``value`` as JSON (UTF-8); ``BadRequest`` naming ``where`` when JSON or the
     databases cannot hold it (NUL characters, unpaired surrogates)."""
-    if _bad_text(value):
-        raise BadRequest(f"{where}: text must not contain NUL characters or unpaired surrogates")
+    if find_unstorable(value) is not None:
+        raise BadRequest(f"{where}: {UNSTORABLE_TEXT}")
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
