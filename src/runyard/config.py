@@ -76,6 +76,27 @@ class AuthSettings(BaseSettings):
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=300)
     invitation_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=300)
     pairing_ttl_seconds: int = Field(default=300, ge=30)
+    #: Throttling of sign-ins (and password changes), device-pairing polls and invitation
+    #: accepts, counted in the database so every replica sees the same counts. Each limit is
+    #: a number of attempts in a sliding window of ``throttle_window_seconds``; over it, the
+    #: key is refused with 429 and Retry-After for one window, twice that the next time, …
+    #: up to ``throttle_max_backoff_seconds``.
+    throttle_enabled: bool = True
+    throttle_window_seconds: int = Field(default=300, ge=1)
+    throttle_max_backoff_seconds: int = Field(default=3600, ge=1)
+    #: Failed sign-ins for one account from one client address.
+    signin_failures_per_account_address: int = Field(default=10, ge=1)
+    #: Failed sign-ins for one account from all addresses (looser; not applied to an address
+    #: that signed in to the account within ``signin_known_address_days``).
+    signin_failures_per_account: int = Field(default=50, ge=1)
+    #: Failed sign-ins from one client address, all accounts together.
+    signin_failures_per_address: int = Field(default=100, ge=1)
+    signin_known_address_days: float = Field(default=30, ge=0)
+    #: Device-pairing polls from one client address (a device polls every 2 s).
+    pairing_polls_per_address: int = Field(default=600, ge=1)
+    #: Failed invitation accepts (unknown or expired token, another address's invitation).
+    invitation_failures_per_user: int = Field(default=10, ge=1)
+    invitation_failures_per_address: int = Field(default=30, ge=1)
     #: argon2id cost. The defaults follow argon2-cffi; tests lower them to stay fast.
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost_kib: int = Field(default=65536, ge=8)

@@ -108,6 +108,17 @@ async def _user_id(caller: CallerDep) -> str:
 UserId = Annotated[str, Depends(_user_id)]
 
 
+async def _client_address(request: Request) -> str | None:
+    """The client's address as the ASGI server saw it (``request.client.host``), for
+    throttling. Behind a reverse proxy that is the proxy's address: X-Forwarded-For is not
+    read (see docs/operations.md, "Sign-in throttling")."""
+    return request.client.host if request.client else None
+
+
+#: The calling client's address (throttle keys).
+ClientAddress = Annotated[str | None, Depends(_client_address)]
+
+
 async def _page(  # async: see ``_ctx``
     current_page: Annotated[int, Query(ge=1, le=limits.MAX_PAGE, description="1-based page")] = 1,
     per_page: Annotated[

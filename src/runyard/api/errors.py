@@ -32,7 +32,7 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RunyardError)
     async def _runyard(_request: Request, exc: RunyardError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else exc.headers
         return error_response(exc.status_code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)

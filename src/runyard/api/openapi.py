@@ -62,6 +62,7 @@ EXTRA: dict[tuple[str, str], frozenset[int]] = {
     ("post", "/api/v1/auth/logout"): frozenset({401}),
     ("post", "/api/v1/desktop/pair/poll"): frozenset({404, 410, 429}),
     ("post", "/api/v1/invitations/accept"): frozenset({429}),
+    ("put", "/api/v1/users/me/password"): frozenset({429}),
     ("post", "/api/v1/uploads/multipart/initiate"): frozenset({412}),
     ("post", "/api/v1/uploads/multipart/complete"): frozenset({412}),
     ("get", "/api/v1/r/tasks/{taskId}/outputs/{index}"): frozenset({410}),

@@ -7,6 +7,8 @@ class RunyardError(Exception):
     """Base of every error meant for the caller. ``message`` goes into ``error_message``."""
 
     status_code = 400
+    #: Response headers the error adds (``Retry-After`` of a 429).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,3 +50,14 @@ class PreconditionFailed(RunyardError):
 
 class PayloadTooLarge(RunyardError):
     status_code = 413
+
+
+class TooManyRequests(RunyardError):
+    """Throttled: try again in ``retry_after`` seconds (sent as ``Retry-After``)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}

@@ -61,6 +61,11 @@ class LoginRequest(BaseModel):
     user_password: Annotated[str, StringConstraints(max_length=limits.PASSWORD_MAX)]
 
 
+class PasswordChangeRequest(BaseModel):
+    current_password: Annotated[str, StringConstraints(max_length=limits.PASSWORD_MAX)]
+    new_password: Password
+
+
 class RefreshRequest(BaseModel):
     refresh_token: Token
 

@@ -21,6 +21,9 @@ class TokenClaims:
     token_type: TokenType
     token_id: str
     expires_at: datetime
+    #: The sign-in (refresh-token family) an access token belongs to: checked on every
+    #: request, so revoking the sign-in ends its access tokens too. None in tokens without it.
+    session_id: str | None = None
 
 
 class TokenSigner:
@@ -30,7 +33,14 @@ class TokenSigner:
         self._secret = secret
 
     def issue(
-        self, user_id: str, token_type: TokenType, token_id: str, now: datetime, ttl: int
+        self,
+        user_id: str,
+        token_type: TokenType,
+        token_id: str,
+        now: datetime,
+        ttl: int,
+        *,
+        session_id: str | None = None,
     ) -> str:
         payload = {
             "iss": _ISSUER,
@@ -40,6 +50,8 @@ class TokenSigner:
             "iat": int(now.timestamp()),
             "exp": int((now + timedelta(seconds=ttl)).timestamp()),
         }
+        if session_id is not None:
+            payload["sid"] = session_id
         return jwt.encode(payload, self._secret, algorithm=_ALGORITHM)
 
     def verify(self, token: str, expected: TokenType, now: datetime) -> TokenClaims:
@@ -72,4 +84,5 @@ class TokenSigner:
             token_type=expected,
             token_id=str(payload["jti"]),
             expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+            session_id=str(payload["sid"]) if payload.get("sid") is not None else None,
         )

@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 
 from runyard.context import ServiceContext
 from runyard.domain.credentials import hash_secret
-from runyard.domain.errors import Conflict, Forbidden, Unauthorized
+from runyard.domain.errors import BadRequest, Conflict, Forbidden, Unauthorized
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Role
+from runyard.services import throttle
+from runyard.services.auth import Caller, CallerKind, forget_sessions
 from runyard.store.repos import Repos
 from runyard.store.tables import Membership, RefreshToken, Team, User
 
@@ -120,7 +122,7 @@ async def _issue_pair(ctx: ServiceContext, repos: Repos, user_id: str, family_id
     )
     return TokenPair(
         access_token=ctx.signer.issue(
-            user_id, "access", new_id(), now, auth.access_token_ttl_seconds
+            user_id, "access", new_id(), now, auth.access_token_ttl_seconds, session_id=family_id
         ),
         refresh_token=ctx.signer.issue(
             user_id, "refresh", refresh_id, now, auth.refresh_token_ttl_seconds
@@ -129,16 +131,26 @@ async def _issue_pair(ctx: ServiceContext, repos: Repos, user_id: str, family_id
     )
 
 
-async def login(ctx: ServiceContext, email: str, password: str) -> TokenPair:
-    """One 401 for every failure; unknown emails cost the same argon2 verify as known ones."""
+async def login(
+    ctx: ServiceContext, email: str, password: str, address: str | None = None
+) -> TokenPair:
+    """One 401 for every failure; unknown emails cost the same argon2 verify as known ones.
+
+    Throttled per account and client ``address`` (``services/throttle.py``): a blocked key is
+    a 429 before the password is looked at."""
     email = normalise_email(email)
+    keys = throttle.signin_keys(ctx, email, address)
+    await throttle.check_signin(ctx, keys)
     async with ctx.db.read() as session:
         user = await Repos(session).user_by_email(email)
     ok = ctx.passwords.verify(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
+        await throttle.signin_failed(ctx, keys)
         raise Unauthorized(INVALID_LOGIN)
     async with ctx.db.write() as session:
-        return await _issue_pair(ctx, Repos(session), user.id, new_id())
+        repos = Repos(session)
+        await throttle.signin_succeeded(ctx, repos, keys)
+        return await _issue_pair(ctx, repos, user.id, new_id())
 
 
 async def refresh(ctx: ServiceContext, refresh_token: str) -> TokenPair:
@@ -155,6 +167,9 @@ async def refresh(ctx: ServiceContext, refresh_token: str) -> TokenPair:
             raise Unauthorized("refresh token revoked")
         if row.expires_at <= now:
             raise Unauthorized("refresh token expired")
+        if await repos.family_revoked(row.family_id):
+            # A token rotated in by a refresh that raced the family's revocation.
+            raise Unauthorized("refresh token revoked")
         if await repos.mark_refresh_used(row.id, now):
             user = await repos.user_by_id(row.user_id)
             if user is None or not user.is_active:
@@ -164,16 +179,56 @@ async def refresh(ctx: ServiceContext, refresh_token: str) -> TokenPair:
         await repos.revoke_refresh_family(row.family_id, now)
         reused = True
     assert reused
+    # Its access tokens stop working too (at once here; on other servers within the cache).
+    forget_sessions(ctx.db)
     raise Unauthorized("refresh token already used; sign in again")
 
 
 async def logout(ctx: ServiceContext, refresh_token: str) -> None:
+    """End the sign-in: its refresh tokens and its access tokens."""
     claims = ctx.signer.verify(refresh_token, "refresh", ctx.now())
     async with ctx.db.write() as session:
         repos = Repos(session)
         row = await repos.refresh_token(claims.token_id)
         if row is not None and row.user_id == claims.user_id:
             await repos.revoke_refresh_family(row.family_id, ctx.now())
+    forget_sessions(ctx.db)
+
+
+async def change_password(
+    ctx: ServiceContext,
+    caller: Caller,
+    current_password: str,
+    new_password: str,
+    address: str | None = None,
+) -> None:
+    """Set a new password after checking the current one (throttled like a sign-in). Every
+    other sign-in of the user ends, its access tokens with it; the one making the change
+    stays signed in. Device keys (``dk-``) are not touched: revoke them on their own."""
+    if caller.kind is not CallerKind.SESSION or caller.user_id is None:
+        raise Forbidden("this endpoint accepts only a user session (JWT)")
+    async with ctx.db.read() as session:
+        user = await Repos(session).user_by_id(caller.user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("invalid access token")
+    keys = throttle.signin_keys(ctx, user.email_address, address)
+    await throttle.check_signin(ctx, keys)
+    if not ctx.passwords.verify(user.password_hash, current_password):
+        await throttle.signin_failed(ctx, keys)
+        raise Forbidden("current_password is not your password")
+    if new_password == current_password:
+        raise BadRequest("new_password must differ from current_password")
+    password_hash = ctx.passwords.hash(new_password)
+    now = ctx.now()
+    async with ctx.db.write() as session:
+        repos = Repos(session)
+        row = await repos.user_by_id(user.id)
+        if row is None:
+            raise Unauthorized("invalid access token")
+        row.password_hash = password_hash
+        row.updated_at = now
+        await repos.revoke_user_sessions(user.id, now, keep_family=caller.session_id)
+    forget_sessions(ctx.db)
 
 
 @dataclass(frozen=True)

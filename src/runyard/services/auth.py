@@ -7,12 +7,16 @@ The rules (docs/api.md, "Authentication"):
 * Management routes take a JWT or ``dk-``; runtime routes (``/r/``) also take ``sk-``;
   credential routes take a JWT only; per-user routes take a JWT or ``dk-``.
 * A role is looked up on every request, so role changes and removals apply at once.
+* A session JWT names its sign-in (``sid``, the refresh-token family); the sign-in is checked
+  on every request, remembered by each server for ``SESSION_CACHE_SECONDS`` at most, so
+  logout, a password change and a revoked refresh chain end its access tokens too.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from runyard.context import ServiceContext
@@ -20,6 +24,8 @@ from runyard.domain.credentials import CredentialKind, hash_secret, kind_of
 from runyard.domain.errors import BadRequest, Forbidden, Unauthorized
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission, Role, allows
+from runyard.security.tokens import TokenClaims
+from runyard.store.db import Database
 from runyard.store.repos import Repos
 
 #: ``last_used_at`` is written at most this often per credential, to spare the database.
@@ -48,6 +54,8 @@ class Caller:
     #: The team a credential is bound to (``None`` for sessions).
     team_id: str | None = None
     credential_id: str | None = None
+    #: A session JWT's sign-in (refresh-token family).
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,7 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
         raise Unauthorized("missing bearer token")
     kind = kind_of(token)
     if kind is None:
-        claims = ctx.signer.verify(token, "access", ctx.now())
-        async with ctx.db.read() as session:
-            user = await Repos(session).user_by_id(claims.user_id)
-        if user is None or not user.is_active:
-            raise Unauthorized("invalid access token")
-        return Caller(CallerKind.SESSION, user.id)
+        return await _session_caller(ctx, ctx.signer.verify(token, "access", ctx.now()))
 
     now = ctx.now()
     async with ctx.db.read() as session:
@@ -120,6 +123,78 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
         CallerKind.INTEGRATION if kind is CredentialKind.INTEGRATION else CallerKind.DEVICE
     )
     return Caller(caller_kind, row.user_id, row.team_id, row.id)
+
+
+#: How long a server trusts a sign-in it checked without reading it again. A sign-in revoked
+#: through this server (logout, password change, refresh-token reuse) is refused at once
+#: (revocations clear the cache as they commit); through another replica within this bound.
+SESSION_CACHE_SECONDS = 1.0
+SESSION_CACHE_MAX = 10_000
+
+
+class SessionCache:
+    """(sign-in, user) → until when it is trusted (by ``ctx.now``)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], datetime] = {}
+
+    def fresh(self, key: tuple[str, str], now: datetime) -> bool:
+        until = self._entries.get(key)
+        if until is None:
+            return False
+        if not until - timedelta(seconds=SESSION_CACHE_SECONDS) <= now < until:
+            del self._entries[key]
+            return False
+        return True
+
+    def put(self, key: tuple[str, str], now: datetime) -> None:
+        if len(self._entries) >= SESSION_CACHE_MAX:
+            self._entries.clear()
+        self._entries[key] = now + timedelta(seconds=SESSION_CACHE_SECONDS)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_session_caches: weakref.WeakKeyDictionary[Database, SessionCache] = weakref.WeakKeyDictionary()
+
+
+def session_cache(db: Database) -> SessionCache:
+    cache = _session_caches.get(db)
+    if cache is None:
+        cache = _session_caches[db] = SessionCache()
+    return cache
+
+
+def forget_sessions(db: Database) -> None:
+    """Call once a sign-in's revocation committed: its access tokens stop working through
+    this server at once (other servers' caches expire within ``SESSION_CACHE_SECONDS``)."""
+    cache = _session_caches.get(db)
+    if cache is not None:
+        cache.clear()
+
+
+async def _session_caller(ctx: ServiceContext, claims: TokenClaims) -> Caller:
+    """A verified access JWT → its user, if its sign-in stands and the user is active."""
+    if claims.session_id is None:
+        # Issued before access tokens named their sign-in: refresh for a new one.
+        raise Unauthorized("invalid access token")
+    key = (claims.session_id, claims.user_id)
+    cache = session_cache(ctx.db)
+    now = ctx.now()
+    if not cache.fresh(key, now):
+        async with ctx.db.read() as session:
+            repos = Repos(session)
+            user = await repos.user_by_id(claims.user_id)
+            alive = await repos.session_alive(claims.session_id, claims.user_id)
+        if user is None or not user.is_active:
+            raise Unauthorized("invalid access token")
+        if not alive:
+            raise Unauthorized(
+                "session ended (signed out, password changed or revoked); sign in again"
+            )
+        cache.put(key, now)
+    return Caller(CallerKind.SESSION, claims.user_id, session_id=claims.session_id)
 
 
 async def authenticate_agent(ctx: ServiceContext, token: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from runyard.domain.credentials import (
 from runyard.domain.errors import BadRequest, Conflict, Forbidden, Gone, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission, Role
-from runyard.services import auth
+from runyard.services import auth, throttle
 from runyard.services.accounts import create_team_in, normalise_email, register
 from runyard.services.auth import Caller, CallerKind, TeamScope
 from runyard.store.db import Database
@@ -287,11 +287,15 @@ class PairingPoll:
     agent_key: str | None = None
 
 
-async def poll_pairing(ctx: ServiceContext, device_code: str) -> PairingPoll:
+async def poll_pairing(
+    ctx: ServiceContext, device_code: str, address: str | None = None
+) -> PairingPoll:
     """Pending until confirmed; then mints the keys, returns them once and forgets the pairing.
 
     Keys are minted here, not at confirmation, so no raw secret ever rests in the database.
+    Polls are counted per client ``address``: over the limit, 429 (``services/throttle.py``).
     """
+    await throttle.pairing_poll(ctx, address)
     now = ctx.now()
     async with ctx.db.write() as session:
         repos = Repos(session)

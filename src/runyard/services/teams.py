@@ -11,6 +11,7 @@ from runyard.domain.credentials import hash_secret
 from runyard.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import ASSIGNABLE_ROLES, Permission, Role
+from runyard.services import throttle
 from runyard.services.accounts import create_team_in, normalise_email
 from runyard.services.auth import TeamScope
 from runyard.services.credentials import forget_cached_callers
@@ -205,7 +206,20 @@ async def cancel_invitation(ctx: ServiceContext, scope: TeamScope, invitation_id
         await repos.delete_invitation(invitation_id)
 
 
-async def accept_invitation(ctx: ServiceContext, user_id: str, token: str) -> Membership:
+async def accept_invitation(
+    ctx: ServiceContext, user_id: str, token: str, address: str | None = None
+) -> Membership:
+    """Join the invitation's team. Failures (unknown or expired token, another address's
+    invitation) are throttled per user and client ``address``: over the limit, 429."""
+    await throttle.check_invitation(ctx, user_id, address)
+    try:
+        return await _accept_invitation(ctx, user_id, token)
+    except (NotFound, Forbidden):
+        await throttle.invitation_failed(ctx, user_id, address)
+        raise
+
+
+async def _accept_invitation(ctx: ServiceContext, user_id: str, token: str) -> Membership:
     now = ctx.now()
     async with ctx.db.write() as session:
         repos = Repos(session)

@@ -40,9 +40,11 @@ class WebSession:
     max_age: int
 
 
-async def sign_in(ctx: ServiceContext, email: str, password: str) -> WebSession:
-    """Check the password (one 401 for every failure) and open a session."""
-    pair = await accounts.login(ctx, email, password)
+async def sign_in(
+    ctx: ServiceContext, email: str, password: str, address: str | None = None
+) -> WebSession:
+    """Check the password (one 401 for every failure; throttled, 429) and open a session."""
+    pair = await accounts.login(ctx, email, password, address)
     return WebSession(pair.refresh_token, ctx.settings.auth.refresh_token_ttl_seconds)
 
 
@@ -66,7 +68,7 @@ async def caller_of(ctx: ServiceContext, token: str) -> Caller:
         or not user.is_active
     ):
         raise Unauthorized(EXPIRED)
-    return Caller(CallerKind.SESSION, user.id)
+    return Caller(CallerKind.SESSION, user.id, session_id=row.family_id)
 
 
 async def sign_out(ctx: ServiceContext, token: str) -> None:

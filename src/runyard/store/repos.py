@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # Re-exported: queries take a ``Page``; it is a domain value the wire schemas use too.
 from runyard.domain.pages import Page as Page
 from runyard.store.tables import (
+    AuthThrottle,
     Credential,
     DevicePairing,
     InstanceSetting,
@@ -233,6 +235,79 @@ class Repos:
 
     async def delete_expired_refresh_tokens(self, now: datetime) -> None:
         await self.session.execute(delete(RefreshToken).where(RefreshToken.expires_at < now))
+
+    async def session_alive(self, family_id: str, user_id: str) -> bool:
+        """Whether the sign-in ``family_id`` of ``user_id`` still stands: it has refresh
+        tokens and none of them was revoked (revocation marks the whole family, so one revoked
+        row is enough: a token rotated in by a refresh racing the revocation stays dead)."""
+        result = await self.session.execute(
+            select(func.count(), func.count(RefreshToken.revoked_at)).where(
+                RefreshToken.family_id == family_id, RefreshToken.user_id == user_id
+            )
+        )
+        total, revoked = result.one()
+        return bool(total) and not revoked
+
+    async def family_revoked(self, family_id: str) -> bool:
+        result = await self.session.execute(
+            select(RefreshToken.id)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_not(None))
+            .limit(1)
+        )
+        return result.first() is not None
+
+    async def revoke_user_sessions(
+        self, user_id: str, now: datetime, keep_family: str | None = None
+    ) -> None:
+        """Revoke every sign-in of a user (but ``keep_family``)."""
+        query = update(RefreshToken).where(
+            RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)
+        )
+        if keep_family is not None:
+            query = query.where(RefreshToken.family_id != keep_family)
+        await self.session.execute(query.values(revoked_at=now))
+
+    # -- throttles -------------------------------------------------------------------------
+
+    async def throttles(self, keys: Sequence[str]) -> dict[str, AuthThrottle]:
+        result = await self.session.execute(select(AuthThrottle).where(AuthThrottle.key.in_(keys)))
+        return {row.key: row for row in result.scalars()}
+
+    async def lock_throttles(self, keys: Sequence[str], now: datetime) -> dict[str, AuthThrottle]:
+        """The rows of ``keys``, created when missing and locked for this transaction (other
+        replicas counting the same keys wait), in key order so two writers never deadlock."""
+        ordered = sorted(set(keys))
+        values = [
+            {
+                "key": key,
+                "window_start": now,
+                "attempts": 0,
+                "previous_attempts": 0,
+                "strikes": 0,
+                "updated_at": now,
+            }
+            for key in ordered
+        ]
+        dialect = self.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        await self.session.execute(insert(AuthThrottle).values(values).on_conflict_do_nothing())
+        result = await self.session.execute(
+            select(AuthThrottle)
+            .where(AuthThrottle.key.in_(ordered))
+            .order_by(AuthThrottle.key)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return {row.key: row for row in result.scalars()}
+
+    async def delete_stale_throttles(self, idle_before: datetime, known_before: datetime) -> None:
+        """Forget keys idle since ``idle_before`` that hold no recent success either."""
+        await self.session.execute(
+            delete(AuthThrottle).where(
+                AuthThrottle.updated_at < idle_before,
+                (AuthThrottle.succeeded_at.is_(None)) | (AuthThrottle.succeeded_at < known_before),
+            )
+        )
 
     # -- device pairings -----------------------------------------------------------------
 

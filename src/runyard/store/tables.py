@@ -136,6 +136,27 @@ class RefreshToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class AuthThrottle(Base):
+    """Failed or counted attempts of one throttle key (sign-in, device-pairing polls,
+    invitation accepts), shared by every replica: a sliding window kept as this window's
+    count and the previous window's, and a block that doubles each time the limit is hit
+    again (``services/throttle.py``)."""
+
+    __tablename__ = "auth_throttles"
+
+    #: SHA-256 of the rule and its subject (an email hash, a client address): no PII.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    previous_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Blocks in a row (each one twice as long as the one before, up to the maximum).
+    strikes: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Last successful sign-in with this key (an account from this address).
+    succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class DevicePairing(Base):
     """A desktop pairing in flight. Deleted when its credential is delivered."""
 

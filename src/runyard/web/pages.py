@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from runyard.domain.errors import NotFound, RunyardError, Unauthorized
+from runyard.domain.errors import NotFound, RunyardError, TooManyRequests, Unauthorized
 from runyard.domain.pages import first_page
 from runyard.domain.roles import Role
 from runyard.services import agents, auth, credentials, web_sessions
@@ -94,9 +94,10 @@ async def login(request: Request) -> Response:
         return _login_again(request, next_path, email, message, 403)
     ctx = get_ctx(request)
     try:
-        session = await web_sessions.sign_in(ctx, email, form.get("password", ""))
-    except Unauthorized as exc:
-        return _login_again(request, next_path, email, exc.message, 401)
+        address = request.client.host if request.client else None
+        session = await web_sessions.sign_in(ctx, email, form.get("password", ""), address)
+    except (Unauthorized, TooManyRequests) as exc:
+        return _login_again(request, next_path, email, exc.message, exc.status_code)
     response = redirect(next_path)
     set_session_cookie(response, request, session.token, session.max_age)
     response.delete_cookie(LOGIN_COOKIE)

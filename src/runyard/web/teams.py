@@ -86,7 +86,8 @@ async def join_team(request: Request) -> Response:
         errors = {"invitation_token": "paste the invitation token (it starts with inv-)"}
         return await _teams_page(request, account, status=400, errors=errors, form=form)
     try:
-        membership = await teams.accept_invitation(account.ctx, account.user.id, token)
+        address = request.client.host if request.client else None
+        membership = await teams.accept_invitation(account.ctx, account.user.id, token, address)
     except RunyardError as exc:
         # Not found or expired, for another email address, already a member: next to the field.
         errors = {"invitation_token": exc.message}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from runyard.api.deps import CallerDep, Ctx, SessionScope, UserId
+from runyard.api.deps import CallerDep, ClientAddress, Ctx, SessionScope, UserId
 from runyard.domain.roles import Role
 from runyard.schemas.identity import (
     FeatureFlags,
@@ -14,6 +14,7 @@ from runyard.schemas.identity import (
     PairPollRequest,
     PairPollResponse,
     PairStartResponse,
+    PasswordChangeRequest,
     RefreshRequest,
     RegisterRequest,
     SuccessResponse,
@@ -51,8 +52,10 @@ async def register(ctx: Ctx, body: RegisterRequest) -> IdResponse:
 
 
 @router.post("/auth/login", tags=["auth"], response_model=TokenResponse)
-async def login(ctx: Ctx, body: LoginRequest) -> TokenResponse:
-    return _tokens(await accounts.login(ctx, body.email_address, body.user_password))
+async def login(ctx: Ctx, body: LoginRequest, address: ClientAddress) -> TokenResponse:
+    """Sign in. Failed attempts are throttled per account and client address (429 with
+    Retry-After)."""
+    return _tokens(await accounts.login(ctx, body.email_address, body.user_password, address))
 
 
 @router.post("/auth/refresh", tags=["auth"], response_model=TokenResponse)
@@ -63,7 +66,7 @@ async def refresh(ctx: Ctx, body: RefreshRequest) -> TokenResponse:
 
 @router.post("/auth/logout", tags=["auth"], response_model=SuccessResponse)
 async def logout(ctx: Ctx, body: RefreshRequest) -> SuccessResponse:
-    """Revoke a refresh token and every token rotated from the same sign-in."""
+    """End a sign-in: its refresh tokens and its access tokens stop working."""
     await accounts.logout(ctx, body.refresh_token)
     return SuccessResponse()
 
@@ -72,6 +75,16 @@ async def logout(ctx: Ctx, body: RefreshRequest) -> SuccessResponse:
 async def revoke_device(ctx: Ctx, caller: CallerDep) -> SuccessResponse:
     """A device credential (dk-) revokes itself and its companion agent key."""
     await credentials.revoke_device(ctx, caller)
+    return SuccessResponse()
+
+
+@router.put("/users/me/password", tags=["user"], response_model=SuccessResponse)
+async def change_password(
+    ctx: Ctx, caller: CallerDep, body: PasswordChangeRequest, address: ClientAddress
+) -> SuccessResponse:
+    """Change your password (session only). Every other sign-in of yours ends at once; this
+    one stays. Wrong current passwords are throttled like sign-ins."""
+    await accounts.change_password(ctx, caller, body.current_password, body.new_password, address)
     return SuccessResponse()
 
 
@@ -133,9 +146,10 @@ async def pair_start(ctx: Ctx) -> PairStartResponse:
 
 
 @router.post("/desktop/pair/poll", tags=["devicepair"], response_model=PairPollResponse)
-async def pair_poll(ctx: Ctx, body: PairPollRequest) -> PairPollResponse:
-    """``pending`` until confirmed; then the keys, exactly once (later polls get 404)."""
-    result = await credentials.poll_pairing(ctx, body.device_code)
+async def pair_poll(ctx: Ctx, body: PairPollRequest, address: ClientAddress) -> PairPollResponse:
+    """``pending`` until confirmed; then the keys, exactly once (later polls get 404). Polls
+    are throttled per client address (429 with Retry-After)."""
+    result = await credentials.poll_pairing(ctx, body.device_code, address)
     return PairPollResponse(
         status="approved" if result.status == "approved" else "pending",
         raw_key=result.raw_key,

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Response
 
-from runyard.api.deps import Ctx, ManagementScope, PageDep, UserId
+from runyard.api.deps import ClientAddress, Ctx, ManagementScope, PageDep, UserId
 from runyard.domain.errors import BadRequest
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Role
@@ -194,8 +194,9 @@ async def cancel_invitation(
 
 @router.post("/invitations/accept", tags=["invitation"], response_model=InvitationAccepted)
 async def accept_invitation(
-    ctx: Ctx, user_id: UserId, body: InvitationAcceptRequest
+    ctx: Ctx, user_id: UserId, body: InvitationAcceptRequest, address: ClientAddress
 ) -> InvitationAccepted:
-    """Join the team of an invitation addressed to the caller's email."""
-    membership = await teams.accept_invitation(ctx, user_id, body.invitation_token)
+    """Join the team of an invitation addressed to the caller's email. Failures are
+    throttled per user and client address (429 with Retry-After)."""
+    membership = await teams.accept_invitation(ctx, user_id, body.invitation_token, address)
     return InvitationAccepted(team_id=membership.team_id, member_role=Role(membership.member_role))
