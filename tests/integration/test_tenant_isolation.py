@@ -130,6 +130,8 @@ class Access(Enum):
     PUBLIC = "public"
     #: Per-user: a session JWT or a dk- (X-Team-ID ignored); never sk-.
     USER = "user"
+    #: Per-user, a session JWT only (X-Team-ID ignored): the caller's own password.
+    SELF = "self"
     #: Only the calling dk- itself.
     DEVICE = "device"
     #: Team resources: JWT + X-Team-ID, or dk-.
@@ -506,6 +508,16 @@ async def refresh_body(w: World, c: Caller, allowed: bool) -> Req:
     return Req(json={"refresh_token": tokens["refresh_token"]})
 
 
+async def password_body(w: World, c: Caller, allowed: bool) -> Req:
+    """The caller's current password (changed by an earlier caller of the same user)."""
+    key = f"password of {c.user.email if c.user else ''}"
+    current = w.ids.get(key, PASSWORD)
+    new = w.fresh("walker-password")
+    if allowed:
+        w.ids[key] = new
+    return Req(json={"current_password": current, "new_password": new})
+
+
 async def poll_body(w: World, c: Caller, allowed: bool) -> Req:
     start = ok(await w.client.post(f"{API}/desktop/pair/start"))
     return Req(json={"device_code": start["device_code"]})
@@ -700,6 +712,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", f"{API}/auth/logout"): Rule(Access.PUBLIC, prepare=refresh_body),
     ("POST", f"{API}/auth/device/revoke"): Rule(Access.DEVICE),
     ("GET", f"{API}/users/me"): Rule(Access.USER),
+    ("PUT", f"{API}/users/me/password"): Rule(Access.SELF, prepare=password_body),
     ("POST", f"{API}/desktop/pair/start"): Rule(Access.PUBLIC),
     ("POST", f"{API}/desktop/pair/poll"): Rule(Access.PUBLIC, prepare=poll_body),
     ("POST", f"{API}/desktop/pair/confirm"): Rule(S, prepare=confirm_body),
@@ -863,8 +876,8 @@ def expected(rule: Rule, c: Caller) -> int:
         return 403
     if rule.access is Access.DEVICE:
         return rule.ok if c.kind == "dk" else 403
-    if rule.access is Access.USER:
-        if c.kind == "sk":
+    if rule.access in (Access.USER, Access.SELF):
+        if c.kind == "sk" or (c.kind == "dk" and rule.access is Access.SELF):
             return 403
         return rule.other_team if c.tenant != "A" and rule.other_team else rule.ok
     if c.kind == "sk" and rule.access is not Access.RUNTIME:
