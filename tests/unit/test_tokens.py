@@ -22,6 +22,17 @@ def test_tokens_round_trip_and_keep_their_type() -> None:
         signer.verify(token, "refresh", now)
 
 
+def test_access_tokens_name_their_sign_in() -> None:
+    signer = TokenSigner(SECRET)
+    now = datetime.now(UTC)
+    token = signer.issue("user-1", "access", "jti-1", now, 60, session_id="family-1")
+    assert signer.verify(token, "access", now).session_id == "family-1"
+    # A token without one reads as None (the services refuse it).
+    assert (
+        signer.verify(signer.issue("u", "access", "j", now, 60), "access", now).session_id is None
+    )
+
+
 def test_expired_forged_and_garbage_tokens_are_refused() -> None:
     signer = TokenSigner(SECRET)
     past = datetime.now(UTC) - timedelta(hours=2)

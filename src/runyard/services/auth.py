@@ -24,7 +24,6 @@ from runyard.domain.credentials import CredentialKind, hash_secret, kind_of
 from runyard.domain.errors import BadRequest, Forbidden, Unauthorized
 from runyard.domain.ids import parse_id
 from runyard.domain.roles import Permission, Role, allows
-from runyard.security.tokens import TokenClaims
 from runyard.store.db import Database
 from runyard.store.repos import Repos
 
@@ -85,7 +84,8 @@ async def authenticate(ctx: ServiceContext, token: str) -> Caller:
         raise Unauthorized("missing bearer token")
     kind = kind_of(token)
     if kind is None:
-        return await _session_caller(ctx, ctx.signer.verify(token, "access", ctx.now()))
+        claims = ctx.signer.verify(token, "access", ctx.now())
+        return await _session_caller(ctx, claims.user_id, claims.session_id)
 
     now = ctx.now()
     async with ctx.db.read() as session:
@@ -174,19 +174,19 @@ def forget_sessions(db: Database) -> None:
         cache.clear()
 
 
-async def _session_caller(ctx: ServiceContext, claims: TokenClaims) -> Caller:
-    """A verified access JWT → its user, if its sign-in stands and the user is active."""
-    if claims.session_id is None:
+async def _session_caller(ctx: ServiceContext, user_id: str, session_id: str | None) -> Caller:
+    """A verified access JWT's user, if its sign-in stands and the user is active."""
+    if session_id is None:
         # Issued before access tokens named their sign-in: refresh for a new one.
         raise Unauthorized("invalid access token")
-    key = (claims.session_id, claims.user_id)
+    key = (session_id, user_id)
     cache = session_cache(ctx.db)
     now = ctx.now()
     if not cache.fresh(key, now):
         async with ctx.db.read() as session:
             repos = Repos(session)
-            user = await repos.user_by_id(claims.user_id)
-            alive = await repos.session_alive(claims.session_id, claims.user_id)
+            user = await repos.user_by_id(user_id)
+            alive = await repos.session_alive(session_id, user_id)
         if user is None or not user.is_active:
             raise Unauthorized("invalid access token")
         if not alive:
@@ -194,7 +194,7 @@ async def _session_caller(ctx: ServiceContext, claims: TokenClaims) -> Caller:
                 "session ended (signed out, password changed or revoked); sign in again"
             )
         cache.put(key, now)
-    return Caller(CallerKind.SESSION, claims.user_id, session_id=claims.session_id)
+    return Caller(CallerKind.SESSION, user_id, session_id=session_id)
 
 
 async def authenticate_agent(ctx: ServiceContext, token: str) -> tuple[str, str]:
