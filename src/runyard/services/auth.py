@@ -182,17 +182,18 @@ async def _session_caller(ctx: ServiceContext, user_id: str, session_id: str | N
     key = (session_id, user_id)
     cache = session_cache(ctx.db)
     now = ctx.now()
-    if not cache.fresh(key, now):
-        async with ctx.db.read() as session:
-            repos = Repos(session)
-            user = await repos.user_by_id(user_id)
-            alive = await repos.session_alive(session_id, user_id)
-        if user is None or not user.is_active:
-            raise Unauthorized("invalid access token")
-        if not alive:
-            raise Unauthorized(
-                "session ended (signed out, password changed or revoked); sign in again"
-            )
+    fresh = cache.fresh(key, now)
+    async with ctx.db.read() as session:
+        repos = Repos(session)
+        # The user is read every time (a disabled account stops at once, as it always did);
+        # the sign-in only when this server's memory of it is older than the cache bound.
+        user = await repos.user_by_id(user_id)
+        alive = fresh or await repos.session_alive(session_id, user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("invalid access token")
+    if not alive:
+        raise Unauthorized("session ended (signed out, password changed or revoked); sign in again")
+    if not fresh:
         cache.put(key, now)
     return Caller(CallerKind.SESSION, user_id, session_id=session_id)
 
