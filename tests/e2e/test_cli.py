@@ -190,7 +190,21 @@ def test_login_stores_a_device_key_used_by_later_commands(
         "--json",
     )
     assert imported.returncode == 0, imported.stderr
-    assert json.loads(imported.stdout)["required_labels"] == ["a", "b"]
+    body = json.loads(imported.stdout)
+    assert body["required_labels"] == ["a", "b"]
+    assert (body["max_retries"], body["task_timeout"]) == (2, 0)  # transient failures retried
+    tuned = cli(
+        env, "workflows", "import", str(tmp_path / "graph.json"), "--slug", "cli-sim",
+        "--retries", "5", "--timeout", "600", "--json",
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+    assert (json.loads(tuned.stdout)["max_retries"], json.loads(tuned.stdout)["task_timeout"]) == (
+        5,
+        600,
+    )
+    refused = cli(env, "workflows", "import", str(tmp_path / "graph.json"), "--retries", "99")
+    assert refused.returncode == 2
+    assert "--retries: must be a whole number from 0 to 20" in refused.stderr
     who = invoke(env, "whoami", "--json")
     assert who.exit_code == 0, who.output
     assert json.loads(who.stdout)["email"] == EMAIL

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from runyard.app import create_app
 from runyard.context import ServiceContext
+from runyard.domain.limits import DEFAULT_MAX_RETRIES
 from runyard.store.tables import Task, Workflow, WorkflowSnapshot
 from runyard.store.work import WorkRepos
 from tests.conftest import FakeClock
@@ -150,7 +151,7 @@ async def test_import_upserts_by_slug(
     assert body["task_timeout"] == 900
     # "All fields are updated": what the second import left out is back to its default.
     assert body["description"] == ""
-    assert body["max_retries"] == 0
+    assert body["max_retries"] == DEFAULT_MAX_RETRIES
     assert body["preferred_gpu"] is None
     assert body["min_vram_gb"] is None
     assert body["required_models"] == []
@@ -223,7 +224,8 @@ async def test_get_returns_every_reference_field(accounts: Accounts, clock: Fake
     got = await details(owner, minimal["id"])
     assert set(got) == WORKFLOW_FIELDS
     assert (got["tool_type"], got["default_dispatch_target"]) == ("comfyui", "agent")
-    assert (got["task_timeout"], got["max_retries"], got["version"]) == (0, 0, 1)
+    # Transient failures are retried unless the workflow says otherwise.
+    assert (got["task_timeout"], got["max_retries"], got["version"]) == (0, DEFAULT_MAX_RETRIES, 1)
     assert got["parameters"] == got["required_labels"] == got["required_models"] == []
     assert got["preferred_gpu"] is None and got["min_vram_gb"] is None
 

@@ -19,6 +19,7 @@ from runyard.cli.common import (
 )
 from runyard.client import Runyard, Workflow
 from runyard.client._core import parameters_from, read_json_file
+from runyard.domain.limits import DEFAULT_MAX_RETRIES, MAX_RETRIES, TASK_TIMEOUT
 
 app = typer.Typer(no_args_is_help=True, help="Workflow templates: import, list, show.")
 
@@ -56,9 +57,30 @@ def import_(
         str | None, typer.Option("--name", help="Display name.", show_default="the slug")
     ] = None,
     description: Annotated[str | None, typer.Option(help="Description.")] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            "--retries",
+            help="How often a task is tried again after a transient failure (agent lost, "
+            "ComfyUI restarted, out of memory); deterministic errors are never retried.",
+            show_default=f"the file's max_retries, else {DEFAULT_MAX_RETRIES}",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds an attempt may run before it is stopped and retried (0: no limit).",
+            show_default="the file's task_timeout, else none",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Import (or re-import as a new version) a workflow from a JSON file."""
+    if retries is not None and retries not in MAX_RETRIES:
+        raise UsageError(f"--retries: {MAX_RETRIES.problem}")
+    if timeout is not None and timeout not in TASK_TIMEOUT:
+        raise UsageError(f"--timeout: {TASK_TIMEOUT.problem}")
     for path in (file, params):
         if path is not None and not path.is_file():
             raise UsageError(f"{path}: no such file")
@@ -76,6 +98,8 @@ def import_(
         parameters=definitions,
         labels=label_list,
         description=description,
+        **({"max_retries": retries} if retries is not None else {}),
+        **({"task_timeout": timeout} if timeout is not None else {}),
     )
     if as_json:
         print_json(workflow)

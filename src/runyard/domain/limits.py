@@ -102,6 +102,10 @@ MAX_NODES = 20_000
 #: ``task_timeout`` in seconds (0: none).
 TASK_TIMEOUT = IntRange("task_timeout", 0, 7 * 24 * 3600)
 MAX_RETRIES = IntRange("max_retries", 0, 20)
+#: Retries of a new workflow's tasks unless it says otherwise: a transient failure (an agent
+#: lost, ComfyUI restarted, out of memory) is tried again; one that would only fail again
+#: (an invalid graph, a missing node or model) never is, whatever this says.
+DEFAULT_MAX_RETRIES = 2
 MIN_VRAM_GB = IntRange("min_vram_gb", 0, 4096)
 #: Workflow versions are a 32-bit column.
 MAX_VERSION = 2**31 - 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from runyard.domain.errors import BadRequest
 from runyard.domain.limits import (
+    DEFAULT_MAX_RETRIES,
     MAX_NODES,
     MAX_PARAMETERS,
     MAX_VERSION,
@@ -358,7 +359,7 @@ class WorkflowSpec:
     tool_type: ToolType = ToolType.COMFYUI
     required_labels: tuple[str, ...] = ()
     task_timeout: int = 0
-    max_retries: int = 0
+    max_retries: int = DEFAULT_MAX_RETRIES
     preferred_gpu: str | None = None
     min_vram_gb: int | None = None
     required_models: tuple[str, ...] = ()

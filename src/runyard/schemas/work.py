@@ -134,7 +134,7 @@ class WorkflowFields(BaseModel):
     tool_type: ToolType = ToolType.COMFYUI
     required_labels: Labels = []
     task_timeout: TaskTimeout = 0
-    max_retries: MaxRetries = 0
+    max_retries: MaxRetries = limits.DEFAULT_MAX_RETRIES
     preferred_gpu: LabelText | None = None
     min_vram_gb: MinVram | None = None
     required_models: Models = []
