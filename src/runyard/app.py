@@ -16,6 +16,7 @@ from runyard import __version__
 from runyard.api.boundary import boundary_check
 from runyard.api.docs import install_docs
 from runyard.api.errors import error_response, install_error_handlers
+from runyard.api.json_bodies import JsonBodyMiddleware
 from runyard.api.openapi import document_errors
 from runyard.api.routes import api_router
 from runyard.config import Settings
@@ -232,6 +233,7 @@ def create_app(settings: Settings, ctx: ServiceContext | None = None) -> FastAPI
             return error_response(503, "database schema is not up to date; run migrations")
         return JSONResponse({"status": "ready", "database": service_ctx.db.dialect})
 
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestLogMiddleware)
     return app
