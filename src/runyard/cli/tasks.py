@@ -232,7 +232,9 @@ def _watch(client: Runyard, task_id: str, timeout: float | None) -> Task:
 @with_client
 def run(
     client: Runyard,
-    workflow: Annotated[str, typer.Argument(help="Slug, slug@version or id of the workflow.")],
+    workflow: Annotated[
+        str, typer.Argument(metavar="WORKFLOW", help="Slug, slug@version or id of the workflow.")
+    ],
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -360,7 +362,7 @@ def _submit_many(
         return client.run_many(workflow, runs, priority=priority, upload_progress=bars.upload)
 
 
-TaskArg = Annotated[str, typer.Argument(help="The task's id.")]
+TaskArg = Annotated[str, typer.Argument(metavar="TASK_ID", help="The task's id.")]
 
 
 @app.command("list")

@@ -106,7 +106,7 @@ def keys_list(
 @with_client
 def keys_revoke(
     client: Runyard,
-    key_id: Annotated[str, typer.Argument(help="The key's id (not the secret).")],
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (not the secret).")],
 ) -> None:
     """Revoke a key for good."""
     client.revoke_key(key_id)
@@ -166,7 +166,7 @@ def webhooks_create(
 @with_client
 def webhooks_delete(
     client: Runyard,
-    webhook_id: Annotated[str, typer.Argument(help="The webhook's id.")],
+    webhook_id: Annotated[str, typer.Argument(metavar="WEBHOOK_ID", help="The webhook's id.")],
 ) -> None:
     """Delete a webhook."""
     client.delete_webhook(webhook_id)
@@ -177,7 +177,7 @@ def webhooks_delete(
 @with_client
 def webhooks_deliveries(
     client: Runyard,
-    webhook_id: Annotated[str, typer.Argument(help="The webhook's id.")],
+    webhook_id: Annotated[str, typer.Argument(metavar="WEBHOOK_ID", help="The webhook's id.")],
     as_json: JsonOpt = False,
 ) -> None:
     """A webhook's delivery log, newest first."""

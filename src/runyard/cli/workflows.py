@@ -31,6 +31,7 @@ def import_(
     file: Annotated[
         Path,
         typer.Argument(
+            metavar="FILE",
             help="A ComfyUI API-format graph (Workflow → Export (API)) or a workflow object "
             "with workflow_json.",
             show_default=False,
@@ -140,7 +141,7 @@ def list_(
 @with_client
 def show(
     client: Runyard,
-    workflow: Annotated[str, typer.Argument(help="Slug, slug@version or id.")],
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", help="Slug, slug@version or id.")],
     as_json: JsonOpt = False,
 ) -> None:
     """One workflow: its parameters, labels and limits (--json includes the graph)."""
