@@ -734,3 +734,16 @@ async def test_workflow_and_task_pages_read_as_a_person_expects(
     assert '<td class="wrap">a fox in the snow</td>' in shown
     assert "This task ended failed: it has no outputs." in shown
     assert "Outputs appear here when the task completes." not in shown
+
+
+async def test_a_not_found_page_keeps_the_navigation(
+    client: httpx.AsyncClient, accounts: Accounts, browsers: list[Browser]
+) -> None:
+    owner = await accounts.signup("owner")
+    browser = await sign_in(client, owner)
+    browsers.append(browser)
+    missing = await browser.get("/tasks/01900000-0000-7000-8000-000000000000")
+    assert missing.status_code == 404
+    assert '<nav aria-label="Main">' in missing.text
+    assert '<a href="/tasks">Tasks</a>' in missing.text
+    assert "<h1>Not found</h1>" in missing.text

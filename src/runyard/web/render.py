@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -25,6 +26,8 @@ from runyard.web.session import (
     Viewer,
     login_url,
     set_team_cookie,
+    signed_in,
+    viewer,
     wanted_path,
 )
 
@@ -128,6 +131,18 @@ def error_page(status: int, message: str, who: Account | None = None) -> HTMLRes
     )
 
 
+async def _who(request: Request) -> Account | None:
+    """The signed-in user for an error page's navigation, if there is one (never raises)."""
+    try:
+        return await viewer(request)
+    except TeamRequired:
+        with contextlib.suppress(SignInRequired, RunyardError):
+            return await signed_in(request)
+    except (SignInRequired, RunyardError):
+        pass
+    return None
+
+
 class PageRoute(APIRoute):
     """Dashboard routes: a missing session redirects to the sign-in page; any other error is
     an HTML page with the right status and the message (never a traceback)."""
@@ -145,8 +160,8 @@ class PageRoute(APIRoute):
             except Unauthorized:
                 return redirect(login_url(wanted_path(request)))
             except RunyardError as exc:
-                return error_page(exc.status_code, exc.message)
+                return error_page(exc.status_code, exc.message, await _who(request))
             except RequestValidationError as exc:
-                return error_page(400, describe_errors(exc.errors()))
+                return error_page(400, describe_errors(exc.errors()), await _who(request))
 
         return wrapped
