@@ -538,3 +538,19 @@ async def webhook_log(
     stored = await stack.api.get(f"/webhooks/{hook_id}", headers=stack.owner_headers)
     assert stored.json()["webhook_secret"] == rotated
     await assert_accessible(page)
+
+
+async def test_a_workflows_parameters_fit_a_wide_screen(
+    page: Any, stack: Stack, screenshot: Screenshot
+) -> None:
+    """At 1400 px the parameters table is not cut off (it had half the page, and scrolled)."""
+    await page.set_viewport_size({"width": 1400, "height": 900})
+    body = image_workflow("wide", display_name="Wide")
+    imported = await stack.api.post("/workflows/import", headers=stack.owner_headers, json=body)
+    assert imported.status_code == 200, imported.text
+    await sign_in(page, stack, screenshot)
+    await page.goto(f"{stack.url}/workflows/{imported.json()['id']}")
+    table = page.locator("section[aria-labelledby='params-heading'] .table-wrap")
+    await expect(table).to_be_visible()
+    overflow = await table.evaluate("el => el.scrollWidth - el.clientWidth")
+    assert overflow <= 0, f"the parameters table is cut off by {overflow} px"
