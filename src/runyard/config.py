@@ -56,9 +56,12 @@ class ServerSettings(BaseSettings):
     #: Address users and agents reach this server at (used in links it hands out).
     #: Empty means ``http://<host>:<port>``.
     public_url: str = ""
-    #: Signs session tokens and links. Empty means: generate one on first start and keep it
-    #: in the database, so every replica sharing the database shares the secret.
+    #: Signs session tokens and links, and keys the encryption of webhook secrets. Empty:
+    #: read from ``secret_key_file``. Never kept in the database (docs/operations.md#secrets).
     secret_key: SecretStr = SecretStr("")
+    #: A file holding the secret (mode 0600). Empty means ``<data_dir>/secret.key``, created
+    #: on the first start of a new database. Every replica of one database needs the same one.
+    secret_key_file: str = ""
     #: Largest request body the API accepts (file contents never pass through the API).
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: Log ``event_loop_stalled`` when the event loop is blocked this long (0 = don't watch).

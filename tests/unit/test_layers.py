@@ -46,10 +46,11 @@ LAYERS: dict[str, frozenset[str]] = {
     "observability": frozenset(),
     # Adapters: hashing and signing, object storage, the database.
     "security": frozenset({"config", "domain"}),
-    "objects": frozenset({"config", "domain", "logging"}),
-    "store": frozenset({"config", "domain", "logging"}),
-    # What services and the engine share at run time.
-    "context": frozenset({"config", "objects", "security", "store"}),
+    # objects, store → security: private file modes (security/filemodes.py).
+    "objects": frozenset({"config", "domain", "logging", "security"}),
+    "store": frozenset({"config", "domain", "logging", "security"}),
+    # What services and the engine share at run time (logging: the secret's start-up notes).
+    "context": frozenset({"config", "logging", "objects", "security", "store"}),
     "events": frozenset({"context", "domain", "logging", "store"}),
     # webhooks → security: every delivery goes through the egress policy's transport.
     "webhooks": frozenset({"context", "domain", "logging", "security", "store"}),

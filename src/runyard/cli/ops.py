@@ -1,10 +1,11 @@
 """Operator commands that run the server or work on its database: ``runyard server``,
-``runyard db upgrade``, ``runyard admin bootstrap``."""
+``runyard db upgrade``, ``runyard admin bootstrap``, ``runyard admin rotate-secret``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -44,6 +45,7 @@ def server(
     """Run the control plane: the API, the agent gateway, the engine and the dashboard."""
     from runyard.app import create_app
     from runyard.cli.serve import DrainingServer, check_port, server_config
+    from runyard.context import prepare_data_dir
 
     settings = _settings(data_dir)
     if host is not None:
@@ -51,9 +53,31 @@ def server(
     if port is not None:
         settings.server.port = port
     check_port(settings.server.host, settings.server.port)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
+    _check_secret(settings)
     app = create_app(settings)
     DrainingServer(server_config(app, settings.server.host, settings.server.port)).run()
+
+
+def _check_secret(settings: Settings) -> None:
+    """Exit with one line when the signing secret is missing or not the database's, before
+    the server starts (the app's start-up would end in a traceback)."""
+    from runyard.app import start_services
+    from runyard.context import SecretProblem
+    from runyard.store.db import Database
+
+    async def run() -> None:
+        db = Database(settings.database_url(), settings.database)
+        try:
+            await start_services(settings, db)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except SecretProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @db_app.command("upgrade")
@@ -85,6 +109,7 @@ def bootstrap(
 ) -> None:
     """Create (or reuse) a user as owner of a team and print a new integration key once."""
     from runyard.app import start_services
+    from runyard.context import SecretProblem
     from runyard.domain.errors import RunyardError
     from runyard.domain.limits import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN
     from runyard.services.credentials import bootstrap as run_bootstrap
@@ -111,6 +136,9 @@ def bootstrap(
 
     try:
         result = asyncio.run(run())
+    except SecretProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except RunyardError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
@@ -120,3 +148,51 @@ def bootstrap(
     typer.echo(f"user    {result['user_id']}")
     typer.echo(f"team    {result['team_id']}")
     typer.echo(f"api key {result['api_key']}  (shown once; store it now)")
+
+
+@admin_app.command("rotate-secret")
+def rotate_secret(
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Rotate even though a server seems to be running."),
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Replace the signing secret in its key file with a new one.
+
+    Every session (access and refresh tokens, dashboard sign-ins) and every signed link ends;
+    webhook secrets are encrypted again under the new secret and stay as they were. Stop every
+    server of the database first, then give each the new key file and start them.
+    """
+    from runyard.app import start_services
+    from runyard.context import SecretProblem
+    from runyard.context import rotate_secret as run_rotation
+    from runyard.store.db import Database
+
+    settings = _settings(data_dir)
+
+    async def run() -> tuple[Path, int, int]:
+        db = Database(settings.database_url(), settings.database)
+        try:
+            await start_services(settings, db)
+            done = await run_rotation(db, settings, now=datetime.now(UTC), force=force)
+            return done.key_file, done.webhook_secrets, done.unreadable
+        finally:
+            await db.dispose()
+
+    try:
+        key_file, resealed, unreadable = asyncio.run(run())
+    except SecretProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"new signing secret written to {key_file} (mode 0600)")
+    typer.echo(f"webhook secrets encrypted again: {resealed}")
+    if unreadable:
+        typer.echo(
+            f"webhook secrets that could not be read and were left as they were: {unreadable} "
+            "(rotate each: POST /webhooks/{id}/rotate-secret)"
+        )
+    typer.echo(
+        "every session and signed link has ended; copy the key file to every server of this "
+        "database, then start them"
+    )

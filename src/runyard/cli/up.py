@@ -212,6 +212,7 @@ def up(
     from runyard.cli.serve import check_port, server_config
     from runyard.cli.upserver import UpServer
     from runyard.config import load_settings
+    from runyard.context import SecretProblem, prepare_data_dir
     from runyard.logging import configure_logging
 
     settings = load_settings(data_dir)
@@ -221,11 +222,11 @@ def up(
     if port is not None:
         settings.server.port = port
     check_port(settings.server.host, settings.server.port)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     server_url = settings.public_url()
     try:
         boot, outcome = asyncio.run(prepare(settings, server_url))
-    except BootstrapProblem as exc:
+    except (BootstrapProblem, SecretProblem) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
 

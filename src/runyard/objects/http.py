@@ -31,6 +31,7 @@ from runyard.objects.local import LocalObjectStore
 from runyard.objects.port import InvalidUpload, ObjectExists
 from runyard.objects.signing import EXPIRES_PARAM
 from runyard.objects.zerocopy import SPLICE
+from runyard.security.filemodes import open_private, write_private
 
 router = APIRouter(prefix="/objects", tags=["objects"])
 
@@ -152,7 +153,7 @@ async def put_object(request: Request, key: str) -> Response:
     if await store.exists(key):
         raise PreconditionFailed("an object already exists at this key (no overwrite)")
     temp = store.new_temp_path()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = open_private(temp, os.O_WRONLY)  # 0600: the object keeps this inode once linked
     try:
         try:
             await _receive(request, fd, size, 0)
@@ -198,7 +199,7 @@ async def _put_part(
 
 def _write_marker(marker: Path, etag: str) -> None:
     with contextlib.suppress(FileNotFoundError):  # aborted meanwhile
-        marker.write_text(etag)
+        write_private(marker, etag.encode())
 
 
 @router.get("/{key:path}", summary="Download through a signed link (local storage)")

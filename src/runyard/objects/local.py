@@ -6,6 +6,10 @@ offset, ``info`` with the target key, ``parts/<n>`` once part ``n`` is whole). A
 upload is published with ``link(2)``, which fails if the key exists: no overwrite, even when
 two uploads race.
 
+Everything here is private to the server's user: the root and every folder under it are made
+0700 and every file 0600 (uploads, outputs, parts, markers), whatever the umask; a root found
+looser at start is tightened, with a warning.
+
 The HTTP side (signature checks, streaming) is :mod:`runyard.objects.http`.
 """
 
@@ -22,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from runyard.logging import get_logger
 from runyard.objects.keys import BadName, check_key
 from runyard.objects.port import (
     InvalidUpload,
@@ -32,6 +37,15 @@ from runyard.objects.port import (
     UploadedPart,
 )
 from runyard.objects.signing import EXPIRES_PARAM, SIGNATURE_PARAM, LinkSigner
+from runyard.security.filemodes import (
+    PRIVATE_DIR,
+    create_private_file,
+    make_private_dir,
+    tighten,
+    write_private,
+)
+
+log = get_logger("runyard.objects")
 
 #: Mount point of the link routes, under the API prefix.
 OBJECTS_PATH = "/api/v1/objects/"
@@ -60,6 +74,20 @@ class LocalObjectStore:
         self.now = now
         self.tmp_dir = self.root / ".tmp"
         self.multipart_dir = self.root / ".multipart"
+        # Files under a 0700 root are out of other users' reach, whatever their own modes.
+        fixed = tighten(self.root, PRIVATE_DIR)
+        if fixed is not None:
+            log.warning("objects_dir_permissions_fixed", **fixed.fields())
+
+    def make_dirs(self, path: Path) -> None:
+        """Create ``path`` (under the root) and its missing parents, each 0700."""
+        make_private_dir(self.root)
+        missing = []
+        while path != self.root and path.is_relative_to(self.root) and not path.is_dir():
+            missing.append(path)
+            path = path.parent
+        for folder in reversed(missing):
+            make_private_dir(folder)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -75,7 +103,8 @@ class LocalObjectStore:
         return self.multipart_dir / _check_upload_id(upload_id)
 
     def new_temp_path(self) -> Path:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        """A fresh name in the temporary folder; the caller creates it with ``open_private``."""
+        self.make_dirs(self.tmp_dir)
         return self.tmp_dir / secrets.token_hex(16)
 
     # -- links -------------------------------------------------------------------------------
@@ -172,7 +201,7 @@ class LocalObjectStore:
     def publish(self, temp: Path, key: str) -> None:
         """Move a finished upload into place; :class:`ObjectExists` if the key is taken."""
         final = self.path_of(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self.make_dirs(final.parent)
         try:
             os.link(temp, final)
         except FileExistsError as exc:
@@ -205,10 +234,10 @@ class LocalObjectStore:
         folder = self.upload_dir(upload_id)
 
         def create() -> None:
-            (folder / "parts").mkdir(parents=True)
-            (folder / "data").touch()
+            self.make_dirs(folder / "parts")
+            create_private_file(folder / "data")
             info = {"key": key, "content_type": content_type}
-            (folder / "info").write_text(json.dumps(info))
+            write_private(folder / "info", json.dumps(info).encode())
 
         await asyncio.to_thread(create)
         return upload_id

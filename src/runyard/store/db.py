@@ -25,8 +25,17 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from runyard.config import DatabaseSettings
+from runyard.logging import get_logger
+from runyard.security.filemodes import (
+    PRIVATE_FILE,
+    create_private_file,
+    make_private_dir,
+    tighten,
+)
 from runyard.store import sqlite_inline
 from runyard.store.changes import Changes, CommitListener, Unheard
+
+log = get_logger("runyard.store")
 
 _write_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_write", default=False)
 #: The databases whose in-process SQLite write lock this task holds (a nested write must not
@@ -57,6 +66,20 @@ def async_url(url: str) -> URL:
     )
 
 
+def private_sqlite_file(path: Path) -> None:
+    """The database file readable by this user only: created 0600 before SQLite opens it
+    (SQLite gives its ``-wal`` and ``-shm`` files the database's mode), and an existing one,
+    with its ``-wal``/``-shm``, tightened to 0600 with a warning. It holds password hashes,
+    refresh-token hashes and sealed webhook secrets."""
+    make_private_dir(path.parent)
+    if create_private_file(path):
+        return
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        fixed = tighten(file, PRIVATE_FILE)
+        if fixed is not None:
+            log.warning("database_permissions_fixed", **fixed.fields())
+
+
 class Database:
     def __init__(self, url: str, settings: DatabaseSettings | None = None) -> None:
         self.settings = settings or DatabaseSettings()
@@ -67,8 +90,8 @@ class Database:
         self.sqlite_inline = False
         if self.dialect == "sqlite":
             database = self.url.database or ""
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            if database and database != ":memory:" and not self.url.query.get("uri"):
+                private_sqlite_file(Path(database))
             if self.settings.sqlite_driver == "inline":
                 self.sqlite_inline = True
                 kwargs["async_creator"] = sqlite_inline.creator(
