@@ -212,6 +212,11 @@ def test_login_stores_a_device_key_used_by_later_commands(
     # The stored key goes only to the server it came from.
     elsewhere = invoke(env, "workflows", "list", "--server", "http://127.0.0.1:9")
     assert elsewhere.exit_code == 2 and "no credentials" in elsewhere.stderr
+    # Managing keys needs a person signed in; the device key's refusal says how.
+    keys = invoke(env, "keys", "list")
+    assert keys.exit_code == 1
+    assert "sign in with your email and password instead" in keys.stderr
+    assert "--email EMAIL" in keys.stderr
 
     logout = cli(env, "logout")
     assert logout.returncode == 0, logout.stderr

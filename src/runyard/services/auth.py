@@ -244,7 +244,11 @@ async def team_scope(
         assert caller.team_id is not None
         return TeamScope(caller, caller.team_id, None)
     if caller.kind is CallerKind.DEVICE and surface is Surface.SESSION_ONLY:
-        raise Forbidden("device credentials (dk-) cannot use this endpoint; sign in instead")
+        raise Forbidden(
+            "device credentials (dk-) cannot use this endpoint; sign in with your email and "
+            "password instead (runyard CLI: --email EMAIL, or RUNYARD_EMAIL and "
+            "RUNYARD_PASSWORD)"
+        )
 
     if caller.kind is CallerKind.SESSION:
         if not x_team_id:
