@@ -72,7 +72,7 @@ async def test_create_and_list_teams(accounts: Accounts) -> None:
     stranger = await accounts.signup("bob")
     assert new_id not in await my_team_ids(stranger)
 
-    for bad in ("", "   ", "x" * 101, None, 5):
+    for bad in ("", "   ", "x" * 101, " " + "x" * 100, None, 5):
         assert_error(await owner.request("POST", f"{API}/teams", json={"display_name": bad}), 400)
     assert_error(await owner.request("POST", f"{API}/teams", json={}), 400)
     assert ok(await owner.request("POST", f"{API}/teams", json={"display_name": "y" * 100}))
@@ -140,7 +140,7 @@ async def test_get_and_rename_the_current_team(accounts: Accounts) -> None:
     for caller in (member, viewer):
         response = await caller.request("PUT", f"{API}/teams/current", json={"display_name": "X"})
         assert_error(response, 403)
-    for bad in ("", "   ", "x" * 101, 7):
+    for bad in ("", "   ", "x" * 101, "\u0085" + "*" * 100, 7):
         response = await owner.request("PUT", f"{API}/teams/current", json={"display_name": bad})
         assert_error(response, 400)
     assert (await team(owner))["display_name"] == "Lab"

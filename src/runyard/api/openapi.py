@@ -58,6 +58,8 @@ _HEADERS: dict[int, dict[str, Any]] = {
 #: Statuses only the route's service knows of, by (method, path).
 EXTRA: dict[tuple[str, str], frozenset[int]] = {
     ("post", "/api/v1/auth/login"): frozenset({401, 429}),
+    # Registration closed, or an invitation that is unknown, expired or for another address.
+    ("post", "/api/v1/auth/register"): frozenset({403}),
     ("post", "/api/v1/auth/refresh"): frozenset({401}),
     ("post", "/api/v1/auth/logout"): frozenset({401}),
     ("post", "/api/v1/desktop/pair/poll"): frozenset({404, 410, 429}),

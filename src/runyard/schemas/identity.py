@@ -6,21 +6,43 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, EmailStr, Field, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    EmailStr,
+    Field,
+    Strict,
+    StringConstraints,
+)
 
 from runyard.domain import limits
 from runyard.domain.credentials import CredentialKind
 from runyard.domain.pages import Page
 from runyard.domain.roles import Role
 
+
+def _stripped(value: str) -> str:
+    """Surrounding white space goes after the length is checked on what was sent, so the
+    OpenAPI document's ``maxLength`` is exactly the rule (a fuzzer found the difference)."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
 Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=limits.NAME_MAX)
+    str,
+    StringConstraints(min_length=1, max_length=limits.NAME_MAX),
+    AfterValidator(_stripped),
 ]
 Password = Annotated[
     str, StringConstraints(min_length=limits.PASSWORD_MIN, max_length=limits.PASSWORD_MAX)
 ]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=limits.TOKEN_MAX)]
-OptionalName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=limits.NAME_MAX)]
+OptionalName = Annotated[
+    str, StringConstraints(max_length=limits.NAME_MAX), AfterValidator(str.strip)
+]
 AssignableRole = Literal["admin", "member", "viewer"]
 
 
