@@ -56,7 +56,7 @@ from starlette.routing import BaseRoute
 
 from runyard.app import create_app
 from runyard.config import Settings
-from runyard.context import build_context
+from runyard.context import SECRET_FILE, build_context
 from runyard.domain.roles import Role
 from runyard.store.db import Database
 from runyard.store.tables import Agent, Base
@@ -967,6 +967,8 @@ async def state_of_a(w: World) -> dict[str, Any]:
 class Template:
     world: World
     rows: list[tuple[Table, list[dict[str, Any]]]]
+    #: The key file's content: the database holds only its check value (operations.md#secrets).
+    secret: str
 
 
 _TEMPLATES: dict[str, Template] = {}
@@ -1010,7 +1012,7 @@ async def build_template(url: str, tmp_path: Path) -> Template:
                 rows.append((table, [dict(row) for row in result.mappings()]))
     finally:
         await db.dispose()
-    return Template(world, rows)
+    return Template(world, rows, (settings.data_dir / SECRET_FILE).read_text())
 
 
 def parents_first(table: Table, rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -1033,6 +1035,8 @@ def parents_first(table: Table, rows: list[dict[str, Any]]) -> Iterator[list[dic
 
 async def restore(url: str, tmp_path: Path, template: Template) -> None:
     settings = test_settings(tmp_path, url)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (settings.data_dir / SECRET_FILE).write_text(template.secret)
     db = Database(settings.database_url(), settings.database)
     try:
         async with db.engine.begin() as conn:
