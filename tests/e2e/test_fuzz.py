@@ -75,6 +75,10 @@ CHECKS = [
     response_headers_conformance,  # e.g. a 429's Retry-After
     negative_data_rejection,  # a request that breaks the schema is not accepted (2xx)
 ]
+#: For a negative case whose path parameters or headers were replaced (real ids, the caller's
+#: X-Team-ID): what made it break the schema may have been replaced too, so "accepted" proves
+#: nothing there.
+CHECKS_SUBSTITUTED = [c for c in CHECKS if c is not negative_data_rejection]
 #: Statuses operations answer that their OpenAPI entry does not list yet: the error surface
 #: is documented by ``api/openapi.py`` (issue 14, point 8). Each is reported, not failed, and
 #: the test fails once the document lists it, so the entry is removed then.
@@ -435,11 +439,16 @@ def fuzz_operation(
     @given(st.tuples(operation.as_strategy(generation_mode=mode), st.booleans()))
     def run(drawn: tuple[schemathesis.Case, bool]) -> None:
         case, use_real = drawn
+        substituted = False
         if use_real:
             for name in case.path_parameters or {}:
                 if name in real:
                     case.path_parameters[name] = real[name]
+                    substituted = True
         headers = _headers_for(caller, world, runtime, use_real)
+        # The caller's own headers replace generated ones of the same name (X-Team-ID).
+        generated = {name.lower() for name in (case.headers or {})}
+        substituted = substituted or bool(generated & {name.lower() for name in headers})
         response = case.call(
             base_url=base_url, session=http, headers=headers, allow_redirects=False
         )
@@ -449,7 +458,8 @@ def fuzz_operation(
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 report.reasons[response.json()["error_message"][:50]] += 1
         try:
-            case.validate_response(response, checks=CHECKS, headers=headers)
+            checks = CHECKS_SUBSTITUTED if substituted else CHECKS
+            case.validate_response(response, checks=checks, headers=headers)
         except FailureGroup as group:
             curl = _curl(case, headers, base_url, world)
             for failure in group.exceptions:
