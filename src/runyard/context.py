@@ -24,8 +24,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select, text
-
 from runyard.config import Settings
 from runyard.logging import get_logger
 from runyard.objects import ObjectStore, make_object_store
@@ -41,7 +39,7 @@ from runyard.security.passwords import Passwords
 from runyard.security.secrets import SecretBox
 from runyard.security.tokens import TokenSigner
 from runyard.store.db import Database, Session
-from runyard.store.tables import Gateway, InstanceSetting, Webhook
+from runyard.store.repos import Repos
 from runyard.store.types import utcnow
 
 log = get_logger("runyard.context")
@@ -183,26 +181,6 @@ def _tighten_key_file(path: Path) -> None:
         log.warning("secret_key_file_permissions_fixed", **fixed.fields())
 
 
-async def _lock_secret(db: Database, session: Session) -> None:
-    # SQLite: the write transaction (BEGIN IMMEDIATE) already excludes every other writer.
-    if not db.is_sqlite:
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SECRET_LOCK_KEY})
-
-
-async def _get(session: Session, key: str) -> str | None:
-    row = await session.get(InstanceSetting, key)
-    return row.value if row is not None else None
-
-
-async def _put(session: Session, key: str, value: str) -> None:
-    row = await session.get(InstanceSetting, key)
-    if row is None:
-        session.add(InstanceSetting(key=key, value=value))
-    else:
-        row.value = value
-    await session.flush()
-
-
 def _pending(path: Path) -> Path:
     return path.with_name(path.name + _ROTATION_SUFFIX)
 
@@ -232,9 +210,10 @@ async def load_secret(db: Database, settings: Settings) -> str:
     created: Path | None = None
     try:
         async with db.write() as session:
-            await _lock_secret(db, session)
-            check = await _get(session, SECRET_CHECK_SETTING)
-            legacy = await _get(session, SECRET_SETTING)
+            repos = Repos(session)
+            await repos.lock_instance(_SECRET_LOCK_KEY)
+            check = await repos.get_setting(SECRET_CHECK_SETTING)
+            legacy = await repos.get_setting(SECRET_SETTING)
             if legacy == SECRET_MOVED:
                 legacy = None
             secret = source.read()
@@ -244,7 +223,7 @@ async def load_secret(db: Database, settings: Settings) -> str:
             if secret is None:
                 assert source.path is not None  # an environment value is never None
                 if check is not None:
-                    origin = await _get(session, SECRET_ORIGIN_SETTING)
+                    origin = await repos.get_setting(SECRET_ORIGIN_SETTING)
                     raise SecretProblem(
                         f"no signing secret at {source.path}, and this database has one"
                         + (f" (first written to {origin})" if origin else "")
@@ -259,11 +238,10 @@ async def load_secret(db: Database, settings: Settings) -> str:
                     secret = _read_key_file(source.path)
                     assert secret is not None
                 if created is not None:
-                    await _put(
-                        session, SECRET_ORIGIN_SETTING, f"{socket.gethostname()}:{source.path}"
-                    )
+                    origin = f"{socket.gethostname()}:{source.path}"
+                    await repos.put_setting(SECRET_ORIGIN_SETTING, origin)
             if check is None:
-                await _put(session, SECRET_CHECK_SETTING, secret_check(secret))
+                await repos.put_setting(SECRET_CHECK_SETTING, secret_check(secret))
             elif not _matches(check, secret):
                 raise SecretProblem(
                     f"the signing secret in {source.describe()} is not this database's: every "
@@ -277,8 +255,8 @@ async def load_secret(db: Database, settings: Settings) -> str:
                     advice="rotate it (runyard admin rotate-secret) if others could read the "
                     "database or its backups",
                 )
-            if legacy is not None or await _get(session, SECRET_SETTING) is None:
-                await _put(session, SECRET_SETTING, SECRET_MOVED)
+            if legacy is not None or await repos.get_setting(SECRET_SETTING) is None:
+                await repos.put_setting(SECRET_SETTING, SECRET_MOVED)
     except BaseException:
         if created is not None:  # nothing in the database names it: leave no stray secret
             with contextlib.suppress(FileNotFoundError):
@@ -320,23 +298,22 @@ async def rotate_secret(
     _write_key_file(pending, new, exclusive=False)
     try:
         async with db.write() as session:
-            await _lock_secret(db, session)
+            repos = Repos(session)
+            await repos.lock_instance(_SECRET_LOCK_KEY)
             if not force:
                 recent = now - timedelta(seconds=3 * settings.scheduler.lease_ttl_seconds)
-                running = await session.scalar(
-                    select(Gateway.gateway_id).where(Gateway.last_seen_at >= recent).limit(1)
-                )
+                running = await repos.gateway_seen_since(recent)
                 if running is not None:
                     raise SecretProblem(
                         f"a server of this database is running ({running}): stop every server "
                         "first (they keep the old secret until restarted), or pass --force"
                     )
-            check = await _get(session, SECRET_CHECK_SETTING)
+            check = await repos.get_setting(SECRET_CHECK_SETTING)
             if check is None or not _matches(check, old):
                 raise SecretProblem("the secret changed while rotating; run the command again")
             old_box, new_box = SecretBox(old), SecretBox(new)
             resealed = unreadable = 0
-            for webhook in (await session.scalars(select(Webhook))).all():
+            for webhook in await repos.all_webhooks():
                 try:
                     plain = old_box.open(webhook.secret_encrypted)
                 except ValueError:
@@ -344,7 +321,7 @@ async def rotate_secret(
                     continue
                 webhook.secret_encrypted = new_box.seal(plain)
                 resealed += 1
-            await _put(session, SECRET_CHECK_SETTING, secret_check(new))
+            await repos.put_setting(SECRET_CHECK_SETTING, secret_check(new))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             pending.unlink()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,12 +15,14 @@ from runyard.store.tables import (
     AuthThrottle,
     Credential,
     DevicePairing,
+    Gateway,
     InstanceSetting,
     Invitation,
     Membership,
     RefreshToken,
     Team,
     User,
+    Webhook,
 )
 
 
@@ -43,6 +45,29 @@ class Repos:
         self.session.add(InstanceSetting(key=key, value=value))
         await self.session.flush()
         return value
+
+    async def put_setting(self, key: str, value: str) -> None:
+        row = await self.session.get(InstanceSetting, key)
+        if row is None:
+            self.session.add(InstanceSetting(key=key, value=value))
+        else:
+            row.value = value
+        await self.session.flush()
+
+    async def lock_instance(self, lock_key: int) -> None:
+        """Hold an instance-wide lock for the rest of this write transaction (PostgreSQL: an
+        advisory lock; SQLite's ``BEGIN IMMEDIATE`` already excludes every other writer)."""
+        if self.session.get_bind().dialect.name != "sqlite":
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key})
+
+    async def gateway_seen_since(self, since: datetime) -> str | None:
+        """A server (gateway) of this database heard from since ``since``, if any."""
+        return await self.session.scalar(
+            select(Gateway.gateway_id).where(Gateway.last_seen_at >= since).limit(1)
+        )
+
+    async def all_webhooks(self) -> Sequence[Webhook]:
+        return (await self.session.scalars(select(Webhook))).all()
 
     # -- users ---------------------------------------------------------------------------
 
