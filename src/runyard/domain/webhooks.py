@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from runyard.domain.tasks import TaskStatus
+from runyard.domain.times import iso
 
 #: Event name sent for each task status (``task.running`` only to webhooks that opt in).
 EVENT_FOR_STATUS: dict[TaskStatus, str] = {
@@ -47,7 +48,7 @@ def task_body(
         "task_status": task_status,
         "task_output": task_output if task_status == TaskStatus.COMPLETED.value else None,
         "task_error": task_error or "",
-        "timestamp": at.isoformat().replace("+00:00", "Z"),
+        "timestamp": iso(at),
     }
 
 

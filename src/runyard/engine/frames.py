@@ -26,6 +26,7 @@ from runyard.domain.attempts import (
     owns,
     verdict,
 )
+from runyard.domain.times import iso
 from runyard.engine.dispatcher import Dispatcher
 from runyard.engine.outputs import Transfers
 from runyard.engine.registry import AgentConnection, AttemptState
@@ -34,10 +35,6 @@ from runyard.protocol import v1
 from runyard.store.port import AgentStatus, AttemptRef, Checked, EngineStore
 
 log = get_logger("runyard.scheduler")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _ref(frame: v1.AttemptRef) -> AttemptRef:
@@ -224,7 +221,7 @@ class FrameHandler:
     async def _write_progress(self, conn: AgentConnection, frame: v1.Progress) -> None:
         self._progress_last[frame.task_id] = time.monotonic()
         now = self.now()
-        payload: dict[str, Any] = {"task_id": frame.task_id, "timestamp": _iso(now)}
+        payload: dict[str, Any] = {"task_id": frame.task_id, "timestamp": iso(now)}
         for name in ("progress", "current_node", "step_current", "step_total", "stage", "message"):
             value = getattr(frame, name)
             if value is not None:
@@ -249,7 +246,7 @@ class FrameHandler:
         if not self._known(conn, frame):
             return
         now = self.now()
-        payload = {"task_id": frame.task_id, "lines": frame.lines[-200:], "timestamp": _iso(now)}
+        payload = {"task_id": frame.task_id, "lines": frame.lines[-200:], "timestamp": iso(now)}
         # Not written (a stale attempt, or the task ended): dropped without a word.
         await self.store.append_event(_ref(frame), conn.key, "log", payload, now, LOG_STATUSES)
 

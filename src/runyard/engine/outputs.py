@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from runyard.domain.times import iso
 from runyard.logging import get_logger
 from runyard.objects import ObjectStore
 from runyard.objects.keys import BadName, attempt_prefix, check_content_type, output_key
@@ -22,10 +23,6 @@ log = get_logger("runyard.engine")
 
 #: How each output kind is counted in ``task_output`` (``image_count`` as in the reference).
 _COUNT_NAMES = {"images": "image", "gifs": "gif", "videos": "video", "meshes": "mesh"}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def may_have_inputs(parameters: dict[str, Any]) -> bool:
@@ -112,7 +109,7 @@ class Transfers:
                     key=slot.storage_key,
                     url=link.url,
                     headers=link.headers,
-                    expires_at=_iso(link.expires_at),
+                    expires_at=iso(link.expires_at),
                 )
             )
         return v1.UploadLinks(**reply, links=links)

@@ -58,10 +58,6 @@ def objects(ctx: ServiceContext) -> ObjectStore:
     return ctx.objects
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def _ttl(ctx: ServiceContext) -> int:
     return ctx.settings.storage.link_ttl_seconds
 

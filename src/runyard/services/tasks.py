@@ -27,6 +27,7 @@ from runyard.domain.tasks import (
     TaskStatus,
     ToolType,
 )
+from runyard.domain.times import iso
 from runyard.domain.workflows import (
     ParamType,
     WorkflowStatus,
@@ -247,7 +248,7 @@ async def _store(
                     {
                         "task_id": run.task.id,
                         "status": TaskStatus.PENDING.value,
-                        "timestamp": run.task.created_at.isoformat().replace("+00:00", "Z"),
+                        "timestamp": iso(run.task.created_at),
                     },
                     run.task.created_at,
                 )

@@ -10,6 +10,7 @@ from runyard.context import ServiceContext
 from runyard.domain.errors import BadRequest, NotFound
 from runyard.domain.ids import new_id
 from runyard.domain.roles import Permission
+from runyard.domain.times import iso
 from runyard.domain.webhooks import EVENTS, PING, new_secret
 from runyard.services.auth import TeamScope
 from runyard.store.repos import Page
@@ -182,7 +183,7 @@ async def ping(ctx: ServiceContext, scope: TeamScope, webhook_id: str) -> Webhoo
             payload={
                 "event_type": PING,
                 "webhook_id": webhook_id,
-                "timestamp": now.isoformat().replace("+00:00", "Z"),
+                "timestamp": iso(now),
             },
             delivery_status="pending",
             attempt_count=0,

@@ -27,6 +27,7 @@ from runyard.domain.attempts import (
     verdict,
 )
 from runyard.domain.tasks import TaskStatus
+from runyard.domain.times import iso
 from runyard.store.agents import AgentRepos, Transitioned
 from runyard.store.batch import GroupCommit
 from runyard.store.db import Database, Session
@@ -45,12 +46,8 @@ from runyard.store.port import (
     Pick,
     Resumed,
 )
-from runyard.store.tables import TaskOutput
+from runyard.store.tables import Task, TaskOutput
 from runyard.store.work import WorkRepos, task_state, waiting_entry
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 class SqlEngineStore:
@@ -111,11 +108,8 @@ class SqlEngineStore:
             row.last_heartbeat = now
             repos = WorkRepos(session)
             for ref in running:
-                task = await repos.task_for_update(ref.task_id)
-                state = None if task is None else task_state(task)
-                if task is None or verdict(state, ref.task_id, ref.attempt, agent.key) is not (
-                    Verdict.HOLDS
-                ):
+                task, _ = await _lock_held(repos, ref, agent.key)
+                if task is None:
                     continue
                 task.gateway_id = gateway_id
                 is_running = task.task_status == TaskStatus.RUNNING.value
@@ -277,13 +271,9 @@ class SqlEngineStore:
         # The careful path: a repeated ACK, a stale attempt, an ended task.
         async with self.db.write() as session:
             repos = WorkRepos(session)
-            task = await repos.task_for_update(ref.task_id)
-            state = None if task is None else task_state(task)
-            checked = verdict(state, ref.task_id, ref.attempt, agent)
-            if task is None or state is None or checked is not Verdict.HOLDS:
-                return Checked(checked, None if state is None else state.status)
-            if state.status is TaskStatus.RUNNING:
-                return Checked(Verdict.HOLDS, state.status)  # a repeated ACK
+            task, checked = await _lock_held(repos, ref, agent)
+            if task is None or checked.status is TaskStatus.RUNNING:
+                return checked  # refused, or a repeated ACK
             await repos.change_status(
                 task,
                 TaskStatus.RUNNING,
@@ -352,12 +342,10 @@ class SqlEngineStore:
         # The careful path: completed without an ACK, or refused.
         async with self.db.write() as session:
             repos = WorkRepos(session)
-            task = await repos.task_for_update(ref.task_id)
-            state = None if task is None else task_state(task)
-            checked = verdict(state, ref.task_id, ref.attempt, agent)
-            if task is None or state is None or checked is not Verdict.HOLDS:
-                return Checked(checked, None if state is None else state.status)
-            if state.status is TaskStatus.QUEUED:
+            task, checked = await _lock_held(repos, ref, agent)
+            if task is None:
+                return checked
+            if checked.status is TaskStatus.QUEUED:
                 # Completed without an ACK: count it as started now.
                 await repos.change_status(task, TaskStatus.RUNNING, now, started_at=now)
             await repos.change_status(
@@ -448,6 +436,19 @@ class SqlEngineStore:
             key: OutputSlot(row.storage_key, row.name, row.content_type, row.size)
             for key, row in rows.items()
         }
+
+
+async def _lock_held(
+    repos: WorkRepos, ref: AttemptRef, agent: AgentKey
+) -> tuple[Task | None, Checked]:
+    """Lock the task and judge ``ref`` (``domain.attempts.verdict``): the task, only when the
+    agent holds the attempt, and the verdict with the task's status."""
+    task = await repos.task_for_update(ref.task_id)
+    state = None if task is None else task_state(task)
+    checked = Checked(
+        verdict(state, ref.task_id, ref.attempt, agent), None if state is None else state.status
+    )
+    return (task if checked.verdict is Verdict.HOLDS else None), checked
 
 
 async def _record_transition(

@@ -31,6 +31,7 @@ from runyard.domain.attempts import (
 )
 from runyard.domain.ids import new_id
 from runyard.domain.tasks import TaskStatus, check_transition
+from runyard.domain.times import iso
 from runyard.store.changes import Changes, CommitListener, Unheard
 from runyard.store.port import (
     AgentInfo,
@@ -125,10 +126,6 @@ class AttemptRow:
     error: str | None = None
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 class MemoryStore:
     def __init__(self) -> None:
         self.tasks: dict[str, MemoryTask] = {}
@@ -172,7 +169,7 @@ class MemoryStore:
         if target.is_terminal and task.completed_at is None:
             task.completed_at = now
         payload: dict[str, Any] = {"task_id": task.id, "status": target.value}
-        payload["timestamp"] = _iso(now)
+        payload["timestamp"] = iso(now)
         if target is TaskStatus.FAILED:
             payload["error"] = task.task_error or ""
         if target is TaskStatus.COMPLETED:

@@ -11,6 +11,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select
 from runyard.domain.attempts import TaskState, WaitingTask
 from runyard.domain.ids import new_id
 from runyard.domain.tasks import TaskStatus, check_transition
+from runyard.domain.times import iso
 from runyard.domain.webhooks import EVENT_FOR_STATUS, task_body
 from runyard.store.db import Session
 from runyard.store.repos import Page
@@ -241,7 +242,7 @@ class WorkRepos:
         payload: dict[str, Any] = {
             "task_id": task.id,
             "status": target.value,
-            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "timestamp": iso(now),
         }
         if target is TaskStatus.FAILED:
             payload["error"] = task.task_error or ""
