@@ -49,6 +49,30 @@ SIM_IMAGE_PARAMETERS: list[dict[str, Any]] = [
     *SIM_PARAMETERS,
     {"key": "image", "type": "file", "node_id": "2", "field": "image"},
 ]
+#: Timings for tests that kill servers and agents: leases and ACK deadlines of seconds, so a
+#: lost attempt comes back quickly, and short retry backoffs.
+KILL_TIMINGS = {
+    "RUNYARD_SCHEDULER_HEARTBEAT_INTERVAL_SECONDS": "0.2",
+    "RUNYARD_SCHEDULER_LEASE_TTL_SECONDS": "2",
+    "RUNYARD_SCHEDULER_ACK_TIMEOUT_SECONDS": "2",
+    "RUNYARD_SCHEDULER_REAPER_INTERVAL_SECONDS": "0.2",
+    "RUNYARD_SCHEDULER_SWEEP_INTERVAL_SECONDS": "0.5",
+    "RUNYARD_SCHEDULER_RETRY_BACKOFF_BASE_SECONDS": "0.1",
+    "RUNYARD_SCHEDULER_RETRY_BACKOFF_CAP_SECONDS": "0.5",
+}
+
+
+def sim_workflow(slug: str, max_retries: int) -> dict[str, Any]:
+    """The ``sim`` graph and parameters as an import body (the simulated agent runs it)."""
+    return {
+        "workflow_slug": slug,
+        "display_name": slug.capitalize(),
+        "workflow_json": SIM_GRAPH,
+        "parameters": SIM_PARAMETERS,
+        "max_retries": max_retries,
+    }
+
+
 EMAIL = "owner@example.com"
 PASSWORD = "owner-password"
 

@@ -39,28 +39,11 @@ from sqlalchemy import select
 from runyard.store.db import Database
 from runyard.store.tables import Task, TaskAttempt, TaskEvent
 from tests.e2e.conftest import RUNYARD, free_port, runyard_env
+from tests.e2e.stack import KILL_TIMINGS, sim_workflow
 
-FAST = {
-    "RUNYARD_SCHEDULER_HEARTBEAT_INTERVAL_SECONDS": "0.2",
-    "RUNYARD_SCHEDULER_LEASE_TTL_SECONDS": "2",
-    "RUNYARD_SCHEDULER_ACK_TIMEOUT_SECONDS": "2",
-    "RUNYARD_SCHEDULER_REAPER_INTERVAL_SECONDS": "0.2",
-    "RUNYARD_SCHEDULER_SWEEP_INTERVAL_SECONDS": "0.5",
-    "RUNYARD_SCHEDULER_RETRY_BACKOFF_BASE_SECONDS": "0.1",
-    "RUNYARD_SCHEDULER_RETRY_BACKOFF_CAP_SECONDS": "0.5",
-    "RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS": "0.2",
-}
-WORKFLOW = {
-    "workflow_slug": "chaos",
-    "display_name": "Chaos",
-    "workflow_json": {"1": {"class_type": "Noop", "inputs": {"mode": "succeed", "seconds": 0.0}}},
-    "parameters": [
-        {"key": "simulate", "type": "string", "node_id": "1", "field": "mode"},
-        {"key": "simulate_seconds", "type": "number", "node_id": "1", "field": "seconds"},
-    ],
-    # Each kill may cost a running attempt; no task may fail for want of retries here.
-    "max_retries": 10,
-}
+FAST = {**KILL_TIMINGS, "RUNYARD_SCHEDULER_PROGRESS_INTERVAL_SECONDS": "0.2"}
+# Each kill may cost a running attempt; no task may fail for want of retries here.
+WORKFLOW = sim_workflow("chaos", max_retries=10)
 TERMINAL = {"completed", "failed", "cancelled"}
 AGENTS = 4
 CAPACITY = 4
