@@ -3,8 +3,6 @@ submit, and one an agent could never receive fails at once instead of going roun
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from runyard.domain import limits
@@ -60,4 +58,3 @@ async def test_a_task_the_agent_could_not_receive_fails_at_once(server: LiveServ
         dispatch = await agent.recv(v1.Dispatch)
         assert dispatch.task_id == fits
         await agent.close()
-        await asyncio.sleep(0)

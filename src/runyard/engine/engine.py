@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from runyard.config import SchedulerSettings
-from runyard.domain.attempts import Claimed, WaitingTask
 from runyard.engine.dispatcher import Dispatcher
 from runyard.engine.frames import FrameHandler
 from runyard.engine.leases import Leases
@@ -68,7 +67,7 @@ class Engine:
         self.frames = FrameHandler(store, self.dispatcher, self.transfers, settings, now)
         self.leases = Leases(store, self.agents, self.dispatcher, settings, now, self.gateway_id)
         #: The database's commit listener (set by whoever owns the database: ``app.py``).
-        self.publisher = Publisher(bus, self, self.gateway_id)
+        self.publisher = Publisher(bus, self.dispatcher, self.gateway_id)
         self._loops: list[asyncio.Task[None]] = []
         bus.subscribe(TASK_READY, self._on_task_ready)
         bus.subscribe(AGENT_COMMAND, self._on_agent_command)
@@ -115,17 +114,6 @@ class Engine:
         fresh = [e for e in tx.changes.waiting.values() if e.pending]
         if fresh:
             await self.dispatcher.claim_at_submit(tx, fresh)
-
-    # -- what the publisher tells (publish.LocalEngine) ----------------------------------------
-
-    async def claims_committed(self, claims: list[Claimed]) -> None:
-        await self.dispatcher.claims_committed(claims)
-
-    def claims_rolled_back(self, claims: list[Claimed]) -> None:
-        self.dispatcher.claims_rolled_back(claims)
-
-    def entered_queue(self, entries: list[WaitingTask]) -> None:
-        self.dispatcher.entered_queue(entries)
 
     # -- agents (the gateway endpoint) ---------------------------------------------------------
 

@@ -28,7 +28,7 @@ from runyard.store.db import Session
 
 
 class LocalEngine(Protocol):
-    """What the publisher tells this server's engine."""
+    """What the publisher tells this server's engine (its dispatcher)."""
 
     async def claims_committed(self, claims: list[Claimed]) -> None: ...
 
