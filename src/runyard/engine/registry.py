@@ -135,9 +135,6 @@ class AgentRegistry:
     def __iter__(self) -> Iterator[AgentConnection]:
         return iter(list(self._conns.values()))
 
-    def __len__(self) -> int:
-        return len(self._conns)
-
     def get(self, key: AgentKey) -> AgentConnection | None:
         return self._conns.get(key)
 
