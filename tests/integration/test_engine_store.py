@@ -32,7 +32,7 @@ from runyard.store.db import Database, Session
 from runyard.store.engine_store import SqlEngineStore
 from runyard.store.memory import MemoryStore
 from runyard.store.port import AgentInfo, AttemptRef, EngineStore, Pick
-from runyard.store.tables import Task, Team, User
+from runyard.store.tables import Agent, Task, Team, User
 from runyard.store.work import WorkRepos
 from tests.conftest import database_url
 
@@ -73,6 +73,10 @@ class Port:
     async def new_task(self, **fields: Any) -> str:
         raise NotImplementedError
 
+    async def gateway_of(self, agent: AgentKey) -> str | None:
+        """The server the agents list shows the agent connected to (None: not listed)."""
+        raise NotImplementedError
+
 
 class MemoryPort(Port):
     def __init__(self) -> None:
@@ -85,6 +89,10 @@ class MemoryPort(Port):
     async def new_task(self, **fields: Any) -> str:
         fields.setdefault("labels", frozenset({"gpu"}))
         return (await self.memory.submit(TEAM, T0, **fields)).id
+
+    async def gateway_of(self, agent: AgentKey) -> str | None:
+        row = self.memory.agents.get(agent)
+        return None if row is None else row.get("gateway_id")
 
 
 class SqlPort(Port):
@@ -135,6 +143,11 @@ class SqlPort(Port):
             await repos.insert_tasks([task])
             await repos.insert_events([(task.id, 1, "status", {"status": "pending"}, T0)])
         return task.id
+
+    async def gateway_of(self, agent: AgentKey) -> str | None:
+        async with self.db.read() as session:
+            row = await session.get(Agent, (agent.team_id, agent.agent_id))
+        return None if row is None else row.gateway_id
 
     async def close(self) -> None:
         await self.db.dispose()
@@ -333,3 +346,14 @@ async def test_a_reconnecting_agent_keeps_only_what_it_holds(port: Port) -> None
         info, "gw-2", T0, [ref(mine), ref(theirs), ref(mine, 7)], LEASE
     )
     assert [(k.task_id, k.attempt, k.running) for k in kept] == [(mine, 1, True)]
+
+
+async def test_a_late_disconnect_never_unlists_a_newer_connection(port: Port) -> None:
+    info = AgentInfo(GPU, "cred", "idle", frozenset({"gpu"}), frozenset({"team"}), 1)
+    first, second = T0, T0 + timedelta(microseconds=1)
+    await port.store.agent_connected(info, "gw-1", first, [], LEASE)
+    await port.store.agent_connected(info, "gw-1", second, [], LEASE)  # a quick reconnect
+    await port.store.agent_disconnected(GPU, "gw-1", first)  # the old socket's, committed late
+    assert await port.gateway_of(GPU) == "gw-1"
+    await port.store.agent_disconnected(GPU, "gw-1", second)
+    assert await port.gateway_of(GPU) is None

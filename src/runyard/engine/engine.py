@@ -124,7 +124,11 @@ class Engine:
         previous = self.agents.add(conn)
         if previous is not None:
             previous.close(v1.CLOSE_REPLACED, "replaced by a new connection of the same agent")
-        now = self.now()
+            # The agent's row says which connection it belongs to by this moment (see
+            # agent_disconnected): a newer connection's is always later, even on a still clock.
+            if conn.connected_at <= previous.connected_at:
+                conn.connected_at = previous.connected_at + timedelta(microseconds=1)
+        now = conn.connected_at
         reported = [AttemptRef(r.task_id, r.attempt) for r in conn.hello.running]
         resumed = await self.store.agent_connected(
             conn.info(),
@@ -157,9 +161,10 @@ class Engine:
         """Its attempts are kept until their leases lapse: it may come back in time."""
         if self.agents.remove(conn):
             with contextlib.suppress(Exception):
-                await self.store.agent_disconnected(
-                    conn.key, self.gateway_id, lambda: not self.agents.holds(conn.key)
-                )
+                # Only if the row is still this connection's: a quick reconnect (here or on
+                # another server) may have written its own, and whichever transaction commits
+                # first, the newer connection stays listed.
+                await self.store.agent_disconnected(conn.key, self.gateway_id, conn.connected_at)
         log.info("agent_disconnected", agent_id=conn.agent_id, team_id=conn.team_id)
 
     async def handle(self, conn: AgentConnection, frame: Any) -> None:

@@ -151,9 +151,6 @@ class AgentRegistry:
             return True
         return False
 
-    def holds(self, key: AgentKey) -> bool:
-        return key in self._conns
-
     def find(self, agent_id: str, team_id: str = "") -> AgentConnection | None:
         """The agent's connection by team and id, or (community tasks run on agents of
         other teams) by id alone."""

@@ -326,13 +326,19 @@ class AgentRepos:
                 .values(last_heartbeat=now)
             )
 
-    async def disconnect(self, team_id: str, agent_id: str, gateway_id: str) -> None:
+    async def disconnect(
+        self, team_id: str, agent_id: str, gateway_id: str, connected_at: datetime
+    ) -> None:
+        """Unlist the agent if its row is still this connection's: a newer connection of the
+        same agent (``connected_at`` written after this one's) keeps it, whichever of the two
+        transactions commits first."""
         await self.session.execute(
             update(Agent)
             .where(
                 Agent.team_id == team_id,
                 Agent.agent_id == agent_id,
                 Agent.gateway_id == gateway_id,
+                Agent.connected_at == connected_at,
             )
             .values(gateway_id=None)
         )

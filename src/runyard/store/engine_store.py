@@ -119,14 +119,12 @@ class SqlEngineStore:
         return kept
 
     async def agent_disconnected(
-        self, agent: AgentKey, gateway_id: str, gone: Callable[[], bool]
+        self, agent: AgentKey, gateway_id: str, connected_at: datetime
     ) -> None:
         async with self.db.write() as session:
-            # Asked once the write is ours: a new connection of the same agent (a quick
-            # reconnect) may have registered while this one waited, and its row must stay.
-            await session.connection()
-            if gone():
-                await AgentRepos(session).disconnect(agent.team_id, agent.agent_id, gateway_id)
+            await AgentRepos(session).disconnect(
+                agent.team_id, agent.agent_id, gateway_id, connected_at
+            )
 
     async def agent_status(self, agent: AgentKey, status: AgentStatus) -> None:
         async with self.db.write() as session:

@@ -265,10 +265,14 @@ class MemoryStore:
         return kept
 
     async def agent_disconnected(
-        self, agent: AgentKey, gateway_id: str, gone: Callable[[], bool]
+        self, agent: AgentKey, gateway_id: str, connected_at: datetime
     ) -> None:
         row = self.agents.get(agent)
-        if row is not None and row.get("gateway_id") == gateway_id and gone():
+        if (
+            row is not None
+            and row.get("gateway_id") == gateway_id
+            and row.get("connected_at") == connected_at
+        ):
             row["gateway_id"] = None
 
     async def agent_status(self, agent: AgentKey, status: AgentStatus) -> None:

@@ -166,10 +166,11 @@ class EngineStore(Protocol):
         it holds (their running leases extended to ``lease_until``)."""
 
     async def agent_disconnected(
-        self, agent: AgentKey, gateway_id: str, gone: Callable[[], bool]
+        self, agent: AgentKey, gateway_id: str, connected_at: datetime
     ) -> None:
-        """Unlist the agent unless ``gone()`` says otherwise once the write is ours (a new
-        connection of the same agent may have registered meanwhile)."""
+        """Unlist the agent if its row is still the one the connection made at
+        ``connected_at``: a newer connection of the same agent keeps its row, whichever
+        write commits first."""
 
     async def agent_status(self, agent: AgentKey, status: AgentStatus) -> None: ...
 
